@@ -1,0 +1,3 @@
+from ccr_box.cli import main
+
+raise SystemExit(main())
