@@ -1,0 +1,133 @@
+"""The ``ccr-box`` command: parse arguments, load config, set up logging, run the chosen mode.
+
+Modes are imported lazily so ``ccr-box config show`` does not pay for the server's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ccr_box import __version__
+from ccr_box.config import Config, load, load_or_create, redacted, resolve_config_path, to_toml
+from ccr_box.errors import CcrBoxError, ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccr-box",
+        description="Drive Claude Code sessions on many machines from Telegram.",
+    )
+    parser.add_argument("--version", action="version", version=f"ccr-box {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $CCR_BOX_CONFIG, else config.toml in the user config dir)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up", help="run the server (creates a config with fresh secrets on first run)"
+    )
+    up.add_argument("--headless", action="store_true", help="server only, logs to stderr")
+    up.add_argument("--host", help="listen address (server.host, CCR_BOX_HOST)")
+    up.add_argument("--port", type=int, help="listen port, 0 = any free port (CCR_BOX_PORT)")
+    up.add_argument(
+        "--data-dir", help="where the database lives (server.data_dir, CCR_BOX_DATA_DIR)"
+    )
+    up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    show = config_sub.add_parser("show", help="print the effective config, secrets redacted")
+    show.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    config_sub.add_parser("path", help="print the config file path in use")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            return _up(args)
+        if args.command == "config":
+            return _config(args, parser)
+    except ConfigError as exc:
+        print(f"ccr-box: config error: {exc}", file=sys.stderr)
+        return 2
+    except CcrBoxError as exc:
+        print(f"ccr-box: {exc}", file=sys.stderr)
+        return 1
+    parser.print_help()
+    return 0
+
+
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    path = resolve_config_path(args.config, os.environ)
+    if args.config_command == "path":
+        print(path)
+        return 0
+    if args.config_command == "show":
+        config = load(path) if path.exists() else _defaults_from_env(path)
+        view = redacted(config)
+        print(
+            json.dumps(view, indent=2) if args.json else to_toml(view),
+            end="" if not args.json else "\n",
+        )
+        if not path.exists():
+            print(f"# {path} does not exist yet; `ccr-box up` creates it", file=sys.stderr)
+        return 0
+    parser.parse_args(["config", "--help"])
+    return 2
+
+
+def _defaults_from_env(path: Path) -> Config:
+    from ccr_box.config import parse
+
+    return parse("", env=os.environ, path=path)
+
+
+def _with_flags(config: Config, args: argparse.Namespace) -> Config:
+    """Command-line flags win over env vars and the file."""
+    server = config.server
+    changes: dict[str, object] = {}
+    if args.host:
+        changes["host"] = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError("--port", f"must be between 0 and 65535, got {args.port}")
+        changes["port"] = args.port
+    if args.data_dir:
+        changes["data_dir"] = Path(args.data_dir).expanduser()
+    if args.log_level:
+        changes["log_level"] = args.log_level
+    return dataclasses.replace(config, server=dataclasses.replace(server, **changes))
+
+
+def _up(args: argparse.Namespace) -> int:
+    from ccr_box.config import secrets_of
+    from ccr_box.logs import setup_logging
+    from ccr_box.server.runner import serve
+
+    config, created = load_or_create(args.config)
+    config = _with_flags(config, args)
+    setup_logging(config.server.log_level, secrets_of(config))
+    if created:
+        print(
+            f"ccr-box: created {config.path} with freshly generated secrets (mode 0600).\n"
+            "  Fill in telegram.bot_token and telegram.allowed_chat_ids to turn Telegram on;\n"
+            "  the server is starting now with what it has.",
+            file=sys.stderr,
+        )
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    return 0

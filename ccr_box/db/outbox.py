@@ -1,0 +1,105 @@
+"""Named queries for ``outbox``: notification chunks waiting for Telegram (contract §8.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import aiosqlite
+
+from ccr_box import limits
+
+SENT_TTL_MS = limits.ACKED_TTL_MS
+FAILED_TTL_MS = limits.DEAD_TTL_MS
+
+
+async def add(
+    conn: aiosqlite.Connection,
+    notification_id: str,
+    session_id: str,
+    chat_id: str,
+    token: str,
+    chunks: Iterable[tuple[int, str, str | None, str | None]],
+    now: int,
+) -> int:
+    """Store chunks ``(seq, text, entities_json, reply_markup_json)``; returns how many."""
+    rows = [
+        (notification_id, seq, session_id, chat_id, token, text, entities, markup, now, now)
+        for seq, text, entities, markup in chunks
+    ]
+    await conn.executemany(
+        "INSERT INTO outbox (notification_id, seq, session_id, chat_id, token, text, entities,"
+        " reply_markup, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
+
+
+async def due(conn: aiosqlite.Connection, now: int, limit: int = 50) -> list[dict[str, Any]]:
+    """Pending chunks of notifications whose first pending chunk is due, in send order."""
+    async with conn.execute(
+        """
+        SELECT o.* FROM outbox o
+         WHERE o.status = 'pending' AND o.notification_id IN (
+               SELECT h.notification_id FROM outbox h
+                WHERE h.status = 'pending' AND h.next_attempt_at <= :now
+                  AND NOT EXISTS (SELECT 1 FROM outbox e
+                                   WHERE e.notification_id = h.notification_id
+                                     AND e.status = 'pending' AND e.seq < h.seq))
+         ORDER BY o.id
+         LIMIT :limit
+        """,
+        {"now": now, "limit": limit},
+    ) as cur:
+        return [dict(r) for r in await cur.fetchall()]
+
+
+async def mark_sent(conn: aiosqlite.Connection, row_id: int, message_id: int, now: int) -> None:
+    await conn.execute(
+        "UPDATE outbox SET status = 'sent', sent_at = ?, message_id = ?, attempts = attempts + 1,"
+        " last_error = NULL WHERE id = ?",
+        (now, message_id, row_id),
+    )
+
+
+async def mark_retry(
+    conn: aiosqlite.Connection, row_id: int, error: str, next_attempt_at: int
+) -> None:
+    await conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+        " WHERE id = ?",
+        (error[:500], next_attempt_at, row_id),
+    )
+
+
+async def mark_failed(conn: aiosqlite.Connection, notification_id: str, error: str) -> None:
+    """Telegram refused a chunk for good: the rest of that notification cannot follow."""
+    await conn.execute(
+        "UPDATE outbox SET status = 'failed', last_error = ? WHERE notification_id = ?"
+        " AND status = 'pending'",
+        (error[:500], notification_id),
+    )
+
+
+async def list_rows(
+    conn: aiosqlite.Connection, *, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+    async with conn.execute(
+        f"SELECT * FROM outbox {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+    ) as cur:
+        return [dict(r) for r in await cur.fetchall()]
+
+
+async def count_pending(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'") as cur:
+        return int((await cur.fetchone())[0])
+
+
+async def delete_finished(conn: aiosqlite.Connection, now: int) -> int:
+    cur = await conn.execute(
+        "DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"
+        " OR (status = 'failed' AND created_at < ?)",
+        (now - SENT_TTL_MS, now - FAILED_TTL_MS),
+    )
+    return cur.rowcount

@@ -1,0 +1,57 @@
+"""API-key and webhook-secret checks (contract §3), all constant-time."""
+
+from __future__ import annotations
+
+import hmac
+import re
+
+from aiohttp import web
+
+_BEARER = re.compile(r"^bearer +(\S+)$", re.IGNORECASE)
+
+
+def secret_equals(presented: str | None, expected: str) -> bool:
+    """Constant-time comparison over UTF-8 bytes; an empty expected secret matches nothing."""
+    if not expected or presented is None:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_key(header: str | None) -> str | None:
+    if not header:
+        return None
+    match = _BEARER.match(header)
+    return match.group(1) if match else None
+
+
+def header_key_ok(request: web.Request, api_key: str) -> bool:
+    """True when ``Authorization: Bearer`` or ``X-API-Key`` carries the key (either suffices)."""
+    bearer_ok = secret_equals(bearer_key(request.headers.get("Authorization")), api_key)
+    x_api_ok = secret_equals(request.headers.get("X-API-Key"), api_key)
+    return bearer_ok or x_api_ok
+
+
+def subprotocol_items(header: str | None) -> list[str]:
+    if not header:
+        return []
+    return [item.strip() for item in header.split(",") if item.strip()]
+
+
+def subprotocol_key_ok(request: web.Request, api_key: str) -> bool:
+    """``Sec-WebSocket-Protocol: ccr, <key>``: first item ``ccr``, second the key."""
+    items = subprotocol_items(request.headers.get("Sec-WebSocket-Protocol"))
+    return len(items) >= 2 and items[0] == "ccr" and secret_equals(items[1], api_key)
+
+
+def require_api_key(handler):
+    """Wrap a handler: 401 JSON unless the request carries the API key (before any body read)."""
+    from ccr_box.server import keys  # local: keys imports typing-only modules
+    from ccr_box.server.http import json_error
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if not header_key_ok(request, request.app[keys.CONFIG].current.server.api_key):
+            return json_error(401, "Unauthorized")
+        return await handler(request)
+
+    guarded.__name__ = getattr(handler, "__name__", "guarded")
+    return guarded

@@ -1,0 +1,211 @@
+"""Live agent connections and the per-machine flush (contract §4.1, §4.6, §6.3-§6.5).
+
+A machine is *connected* exactly when the hub holds a current, open connection for it. Flushes of
+one machine are serialised by that machine's lock, so a row is never sent twice by overlapping
+flushes; no lock is shared between machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ccr_box import protocol
+from ccr_box.clock import Clock
+from ccr_box.db import Database
+from ccr_box.db import queue as q
+from ccr_box.db import sessions as sessions_db
+from ccr_box.db import updates as updates_db
+from ccr_box.server import texts
+from ccr_box.server.notifier import Notifier
+
+log = logging.getLogger("ccr_box.hub")
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class AgentConnection:
+    machine_id: str
+    ws: web.WebSocketResponse
+    connected_at: int
+    conn_id: int = field(default_factory=lambda: next(_ids))
+    opened_monotonic: float = field(default_factory=time.monotonic)
+    last_frame_at: int | None = None
+
+    async def send(self, text: str) -> None:
+        if self.ws.closed:
+            raise ConnectionError("connection is closed")
+        await self.ws.send_str(text)
+
+    def age_s(self) -> float:
+        return time.monotonic() - self.opened_monotonic
+
+
+class Hub:
+    def __init__(self, db: Database, clock: Clock, notifier: Notifier, boot_id: str) -> None:
+        self._db = db
+        self._clock = clock
+        self._notifier = notifier
+        self.boot_id = boot_id
+        self._current: dict[str, AgentConnection] = {}
+        self._flush_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._closing: set[asyncio.Task[None]] = set()  # replaced sockets closing in background
+
+    # -- presence -----------------------------------------------------------------------------
+
+    def is_connected(self, machine_id: str) -> bool:
+        conn = self._current.get(machine_id)
+        return conn is not None and not conn.ws.closed
+
+    def connected(self) -> dict[str, AgentConnection]:
+        return {m: c for m, c in self._current.items() if not c.ws.closed}
+
+    async def attach(self, conn: AgentConnection) -> None:
+        """Make ``conn`` current, replace an older one, re-arm sent rows, boot, flush (§4.1)."""
+        old = self._current.get(conn.machine_id)
+        self._current[conn.machine_id] = conn
+        if old is not None and old is not conn:
+            # In the background: a half-open old socket must not delay the new one.
+            task = asyncio.create_task(_close_quietly(old, 4000, "Replaced by new connection"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        now = self._clock.now_ms()
+
+        async def job(db: Any) -> None:
+            await q.requeue_sent(db, conn.machine_id, now)
+            await updates_db.machine_connected(db, conn.machine_id, now)
+
+        await self._db.write(job)
+        await conn.send(protocol.boot(self.boot_id))
+        await self.flush(conn.machine_id)
+
+    async def detach(self, conn: AgentConnection, code: int | None, reason: str, by: str) -> None:
+        """Forget ``conn`` unless a newer connection already replaced it."""
+        if self._current.get(conn.machine_id) is conn:
+            del self._current[conn.machine_id]
+        log.info(
+            "machine disconnected machine=%s code=%s reason=%r closed_by=%s age=%.1fs",
+            conn.machine_id,
+            code,
+            reason,
+            by,
+            conn.age_s(),
+        )
+        now = self._clock.now_ms()
+        try:
+            await self._db.write(
+                lambda db: updates_db.machine_disconnected(db, conn.machine_id, now, code, reason)
+            )
+        except Exception:
+            log.exception("could not record disconnect of %s", conn.machine_id)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        conns = list(self._current.values())
+        await asyncio.gather(*(_close_quietly(c, code, reason) for c in conns))
+
+    async def disconnect(self, machine_id: str, code: int = 1000, reason: str = "") -> bool:
+        conn = self._current.get(machine_id)
+        if conn is None:
+            return False
+        await _close_quietly(conn, code, reason)
+        return True
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def flush(self, machine_id: str) -> int:
+        """Send due rows of one machine on its current connection (§6.3). Returns rows sent."""
+        async with self._flush_locks[machine_id]:
+            conn = self._current.get(machine_id)
+            if conn is None or conn.ws.closed:
+                return 0
+            now = self._clock.now_ms()
+            rows = await self._db.read(lambda db: q.due_for_flush(db, machine_id, now))
+            if not rows:
+                return 0
+            sent: list[str] = []
+            failed: list[tuple[str, str]] = []
+            for row in rows:
+                try:
+                    await conn.send(protocol.command_frame(row))
+                except Exception as exc:  # the transport raised: backoff (§6.4)
+                    failed.append((row["command_id"], f"{type(exc).__name__}: {exc}"[:200]))
+                else:
+                    sent.append(row["command_id"])
+
+            async def job(db: Any) -> None:
+                if sent:
+                    await q.mark_sent(db, sent, now)
+                for command_id, error in failed:
+                    await q.mark_send_failed(db, command_id, error, now)
+
+            await self._db.write(job)
+            if failed:
+                log.warning("send to %s failed for %d command(s)", machine_id, len(failed))
+            return len(sent)
+
+    async def flush_all(self) -> None:
+        for machine_id in list(self.connected()):
+            await self.flush(machine_id)
+
+    # -- frames from agents -------------------------------------------------------------------
+
+    async def on_ack(self, conn: AgentConnection, command_id: str) -> None:
+        now = self._clock.now_ms()
+        before = await self._db.write(
+            lambda db: q.acknowledge(db, command_id, conn.machine_id, now)
+        )
+        if before is None:
+            log.debug("ack for unknown command %s from %s", command_id, conn.machine_id)
+            return
+        if before["status"] == "dead":
+            await self._tell_reached(before)
+        await self.flush(conn.machine_id)
+
+    async def on_result(self, conn: AgentConnection, result: protocol.CommandResult) -> None:
+        now = self._clock.now_ms()
+        row: dict[str, Any] | None = None
+        first = False
+        if result.command_id is not None:
+
+            async def job(db: Any) -> tuple[dict[str, Any] | None, bool]:
+                before = await q.acknowledge(db, result.command_id, conn.machine_id, now)
+                if before is None:
+                    return None, False
+                stored = await q.store_result(
+                    db, result.command_id, result.success, result.error, now
+                )
+                return before, stored
+
+            row, first = await self._db.write(job)
+            if row is not None and not first:
+                return  # a second result for the same row: ignored, no second message
+        if row is not None and row["status"] == "dead":
+            await self._tell_reached(row)
+        if result.success is False:
+            chat_id = row["chat_id"] if row is not None else result.chat_id
+            self._notifier.send_text(chat_id, texts.command_failed(result.error))
+        if row is not None:
+            await self.flush(conn.machine_id)
+
+    async def _tell_reached(self, row: dict[str, Any]) -> None:
+        session = None
+        if row.get("session_id"):
+            session = await self._db.read(lambda db: sessions_db.get(db, row["session_id"]))
+        self._notifier.send_text(
+            row["chat_id"], texts.reached_after_all(texts.target(session, row["machine_id"]))
+        )
+
+
+async def _close_quietly(conn: AgentConnection, code: int, reason: str) -> None:
+    try:
+        await conn.ws.close(code=code, message=reason.encode("utf-8"))
+    except Exception:
+        log.debug("closing %s raised", conn.machine_id, exc_info=True)

@@ -1,0 +1,325 @@
+"""The Telegram inbound pipeline shared by webhook and long polling (contract §7.2-§7.6).
+
+``process(update)`` decides and commits in one ``BEGIN IMMEDIATE`` job (dedup row, enqueue, session
+touch); it returns once that is durable. User-facing texts, callback answers and the flush happen
+after the commit and never undo it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from ccr_box import limits
+from ccr_box.clock import Clock
+from ccr_box.db import Database
+from ccr_box.db import queue as q
+from ccr_box.db import sessions as sessions_db
+from ccr_box.db import updates as updates_db
+from ccr_box.protocol import chat_id_text
+from ccr_box.server import texts
+from ccr_box.server.hub import Hub
+from ccr_box.server.notifier import Notifier
+from ccr_box.server.state import ConfigRef, TelegramStatus
+from ccr_box.textutil import utf16_len
+
+log = logging.getLogger("ccr_box.pipeline")
+
+BOT_COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(@[A-Za-z0-9_]+)?(\s|$)")
+CMD_FORM = re.compile(r"^/cmd(@\S+)?\s+(\S+)\s+([\s\S]+)$", re.IGNORECASE)
+BUTTON_ACTIONS = {"continue": "", "yes": "y", "no": "n", "exit": "/exit"}
+
+_NO_ANSWER = object()
+
+
+class Duplicate(Exception):
+    """A concurrent delivery of the same update committed first."""
+
+
+@dataclass
+class Outcome:
+    """What to do after the commit."""
+
+    texts: list[str] = field(default_factory=list)
+    answer: Any = _NO_ANSWER  # callback answer text (None = empty answer)
+    enqueued_machine: str | None = None
+    target: str | None = None
+
+
+@dataclass
+class Context:
+    update_id: int | None
+    chat_id: str | None
+    user_id: str | None
+    message: dict[str, Any] | None
+    callback: dict[str, Any] | None
+    thread_id: int | None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        config: ConfigRef,
+        hub: Hub,
+        notifier: Notifier,
+        telegram_status: TelegramStatus,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._config = config
+        self._hub = hub
+        self._notifier = notifier
+        self._status = telegram_status
+
+    async def process(self, update: dict[str, Any]) -> None:
+        """Handle one update. Raises only for internal errors (the update was rolled back)."""
+        ctx = _context(update)
+        if ctx.update_id is not None and await self._db.read(
+            lambda db: updates_db.seen(db, ctx.update_id)
+        ):
+            return
+        now = self._clock.now_ms()
+
+        async def job(db: aiosqlite.Connection) -> Outcome:
+            if ctx.update_id is not None and not await updates_db.record(db, ctx.update_id, now):
+                raise Duplicate
+            return await self._decide(db, ctx, now)
+
+        try:
+            outcome = await self._db.write(job)
+        except Duplicate:
+            return
+        self._after_commit(ctx, outcome)
+        if outcome.enqueued_machine is not None:
+            await self._flush_or_notice(ctx, outcome)
+
+    # -- decisions (inside the outcome transaction) --------------------------------------------
+
+    async def _decide(self, db: aiosqlite.Connection, ctx: Context, now: int) -> Outcome:
+        if not self._allowed(ctx):
+            log.info("update from a chat/user that is not allowed: chat=%s", ctx.chat_id)
+            return Outcome(answer=None if ctx.callback is not None else _NO_ANSWER)
+        if ctx.message is not None:
+            return await self._message(db, ctx, now)
+        if ctx.callback is not None:
+            return await self._callback(db, ctx, now)
+        return Outcome()  # other update types: recorded, silent
+
+    def _allowed(self, ctx: Context) -> bool:
+        tg = self._config.current.telegram
+        if ctx.chat_id is None or ctx.chat_id not in tg.allowed_chat_ids:
+            return False
+        return not tg.allowed_user_ids or ctx.user_id in tg.allowed_user_ids
+
+    async def _message(self, db: aiosqlite.Connection, ctx: Context, now: int) -> Outcome:
+        message = ctx.message or {}
+        text = message.get("text")
+        if not isinstance(text, str):
+            reply_id = _reply_id(message)
+            if reply_id is not None and await sessions_db.session_for_reply(
+                db, ctx.chat_id, reply_id
+            ):
+                return Outcome(texts=[texts.ONLY_TEXT])
+            return Outcome()
+        match = BOT_COMMAND.match(text)
+        if match:
+            return await self._bot_command(db, ctx, text, match, now)
+        command = text[1:] if text.startswith("//") else text
+        return await self._route(db, ctx, command, None, now)
+
+    async def _bot_command(
+        self, db: aiosqlite.Connection, ctx: Context, text: str, match: re.Match[str], now: int
+    ) -> Outcome:
+        name = match.group(1)
+        suffix = match.group(2)
+        username = self._status.username
+        if suffix and username and suffix[1:].lower() != username.lower():
+            return Outcome()  # addressed to another bot in a group
+        lowered = name.lower()
+        if lowered == "cmd":
+            form = CMD_FORM.match(text)
+            if not form:
+                return Outcome(texts=[texts.NO_SESSION])
+            return await self._route(db, ctx, form.group(3), form.group(2), now)
+        if lowered in ("help", "start"):
+            return Outcome(texts=[texts.HELP])
+        if lowered == "sessions":
+            rows = await sessions_db.live_in_chat(db, ctx.chat_id)
+            online = set(self._hub.connected())
+            return Outcome(texts=[texts.live_sessions(rows, online, now)])
+        if lowered in ("launch", "kill") and self._config.current.server.enable_launch:
+            return await self._launch_or_kill(db, ctx, lowered, text[match.end() :], now)
+        return Outcome(texts=[texts.unknown_command(name)])
+
+    async def _route(
+        self, db: aiosqlite.Connection, ctx: Context, command: str, token: str | None, now: int
+    ) -> Outcome:
+        session_id = None
+        reply_id = _reply_id(ctx.message or {})
+        if reply_id is not None:
+            session_id = await sessions_db.session_for_reply(db, ctx.chat_id, reply_id)
+        if session_id is None and token is not None:
+            session_id = await sessions_db.session_for_token(db, token, ctx.chat_id)
+        if session_id is None:
+            return Outcome(texts=[texts.NO_SESSION])
+        return await self._enqueue_execute(db, ctx, session_id, command, now)
+
+    async def _enqueue_execute(
+        self, db: aiosqlite.Connection, ctx: Context, session_id: str, command: str, now: int
+    ) -> Outcome:
+        length = utf16_len(command)
+        if length > limits.MAX_COMMAND_LENGTH:
+            return Outcome(texts=[texts.too_long(length)])
+        session = await sessions_db.get(db, session_id)
+        if session is None:
+            return Outcome(texts=[texts.SESSION_NOT_FOUND])
+        machine_id = session["machine_id"]
+        target = texts.target(session, machine_id)
+        active = await q.count_active(db, machine_id)
+        if active >= limits.MAX_QUEUE_PER_MACHINE:
+            return Outcome(texts=[texts.queue_full(target, active)])
+        await q.enqueue(
+            db,
+            q.NewCommand(
+                command_id=secrets.token_hex(16),
+                machine_id=machine_id,
+                session_id=session_id,
+                command=command,
+                chat_id=ctx.chat_id or "",
+                update_id=ctx.update_id,
+            ),
+            now,
+        )
+        await sessions_db.touch(db, session_id, now)
+        return Outcome(enqueued_machine=machine_id, target=target)
+
+    async def _callback(self, db: aiosqlite.Connection, ctx: Context, now: int) -> Outcome:
+        data = (ctx.callback or {}).get("data")
+        if not isinstance(data, str) or not data.startswith("cmd:"):
+            return Outcome(answer=None)
+        parts = data.split(":")
+        if len(parts) < 3 or ctx.chat_id is None:
+            return Outcome(answer=texts.SESSION_EXPIRED)
+        token, action = parts[1], ":".join(parts[2:])
+        session_id = await sessions_db.session_for_token(db, token, ctx.chat_id) if token else None
+        if session_id is None:
+            return Outcome(answer=texts.SESSION_EXPIRED)
+        command = BUTTON_ACTIONS.get(action, action)
+        outcome = await self._enqueue_execute(db, ctx, session_id, command, now)
+        # Errors are answered with their own text and also sent to the chat (CCR Worker).
+        outcome.answer = outcome.texts[0] if outcome.texts else texts.COMMAND_SENT
+        return outcome
+
+    async def _launch_or_kill(
+        self, db: aiosqlite.Connection, ctx: Context, name: str, args: str, now: int
+    ) -> Outcome:
+        words = args.split(maxsplit=2 if name == "launch" else 1)
+        if name == "launch":
+            if len(words) < 3:
+                return Outcome(texts=["Usage: /launch <machineId> <directory> <prompt>"])
+            machine_id, directory, prompt = words
+            if not self._hub.is_connected(machine_id):
+                return Outcome(texts=[texts.not_connected(machine_id)])
+            cmd = q.NewCommand(
+                command_id=secrets.token_hex(16),
+                machine_id=machine_id,
+                session_id=None,
+                command=prompt,
+                chat_id=ctx.chat_id or "",
+                command_type="launch",
+                directory=directory,
+                update_id=ctx.update_id,
+            )
+            reply = texts.launching(machine_id, directory)
+        else:
+            if not words:
+                return Outcome(texts=["Usage: /kill <sessionId>"])
+            session_id = words[0]
+            session = await sessions_db.get(db, session_id)
+            if session is None:
+                return Outcome(texts=[texts.kill_unknown(session_id)])
+            machine_id = session["machine_id"]
+            if not self._hub.is_connected(machine_id):
+                return Outcome(texts=[texts.not_connected(machine_id)])
+            cmd = q.NewCommand(
+                command_id=secrets.token_hex(16),
+                machine_id=machine_id,
+                session_id=session_id,
+                command="",
+                chat_id=ctx.chat_id or "",
+                command_type="kill",
+                update_id=ctx.update_id,
+            )
+            reply = texts.killing(session_id, machine_id)
+        await q.enqueue(db, cmd, now)
+        return Outcome(texts=[reply], enqueued_machine=machine_id, target=machine_id)
+
+    # -- after commit --------------------------------------------------------------------------
+
+    def _after_commit(self, ctx: Context, outcome: Outcome) -> None:
+        if ctx.callback is not None and outcome.answer is not _NO_ANSWER:
+            self._notifier.answer_callback(ctx.callback.get("id"), outcome.answer)
+        for text in outcome.texts:
+            self._notifier.send_text(ctx.chat_id, text, thread_id=ctx.thread_id)
+
+    async def _flush_or_notice(self, ctx: Context, outcome: Outcome) -> None:
+        machine_id = outcome.enqueued_machine
+        assert machine_id is not None
+        if self._hub.is_connected(machine_id):
+            try:
+                await self._hub.flush(machine_id)
+            except Exception:
+                log.exception("flush after enqueue failed for %s", machine_id)
+        else:
+            self._notifier.send_text(
+                ctx.chat_id,
+                texts.queued_offline(outcome.target or machine_id),
+                thread_id=ctx.thread_id,
+            )
+
+
+def _context(update: dict[str, Any]) -> Context:
+    update_id = update.get("update_id")
+    if isinstance(update_id, bool) or not isinstance(update_id, int) or update_id <= 0:
+        update_id = None
+    message = update.get("message") if isinstance(update.get("message"), dict) else None
+    callback = (
+        update.get("callback_query") if isinstance(update.get("callback_query"), dict) else None
+    )
+    if message is not None:
+        callback = None
+    chat_id = user_id = None
+    thread_id = None
+    source = message
+    if callback is not None:
+        source = callback.get("message") if isinstance(callback.get("message"), dict) else None
+        user_id = _id_of(callback.get("from"))
+    if isinstance(source, dict):
+        chat_id = _id_of(source.get("chat"))
+        if message is not None:
+            user_id = _id_of(message.get("from"))
+        if source.get("is_topic_message") is True and isinstance(
+            source.get("message_thread_id"), int
+        ):
+            thread_id = source["message_thread_id"]
+    return Context(update_id, chat_id, user_id, message, callback, thread_id)
+
+
+def _id_of(obj: Any) -> str | None:
+    return chat_id_text(obj.get("id")) if isinstance(obj, dict) else None
+
+
+def _reply_id(message: dict[str, Any]) -> int | None:
+    reply = message.get("reply_to_message")
+    if isinstance(reply, dict):
+        mid = reply.get("message_id")
+        if isinstance(mid, int) and not isinstance(mid, bool):
+            return mid
+    return None

@@ -1,0 +1,84 @@
+"""``ccr-box up --headless``: run the server in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from ccr_box.config import Config, api_key_is_token
+from ccr_box.logs import AccessLogger
+from ccr_box.server.app import make_app
+
+log = logging.getLogger("ccr_box.server")
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """Things a user should know before wondering why nothing happens."""
+    warnings = []
+    key = config.server.api_key
+    if not key:
+        warnings.append(
+            "server.api_key (CCR_API_KEY) is empty: every authenticated route and /ws answer 401"
+        )
+    elif not api_key_is_token(key):
+        warnings.append(
+            "server.api_key contains characters that cannot travel in a WebSocket subprotocol; "
+            "agents using 'ccr, <key>' will fail"
+        )
+    tg = config.telegram
+    if not tg.bot_token:
+        warnings.append(
+            "Telegram is off: telegram.bot_token (TELEGRAM_BOT_TOKEN) is empty. Everything else "
+            "runs; notifications are kept in the outbox until a token is set"
+        )
+    if not tg.allowed_chat_ids:
+        warnings.append(
+            "telegram.allowed_chat_ids (ALLOWED_CHAT_IDS) is empty: every chat is denied, inbound "
+            "and outbound"
+        )
+    if not tg.webhook_secret:
+        warnings.append(
+            "telegram.webhook_secret (TELEGRAM_WEBHOOK_SECRET) is empty: the webhook route "
+            "rejects every request"
+        )
+    return warnings
+
+
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    for warning in startup_warnings(config):
+        log.warning("%s", warning)
+    runner = web.AppRunner(
+        make_app(config), access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=5.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        host, port = _bound_address(site, config)
+        tg = config.telegram
+        mode = tg.mode if tg.bot_token else "off"
+        log.info("ccr-box listening on http://%s:%d (telegram: %s)", host, port, mode)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def _bound_address(site: web.TCPSite, config: Config) -> tuple[str, int]:
+    server = site._server  # aiohttp exposes no public accessor for the bound socket
+    sockets = getattr(server, "sockets", None) or []
+    if sockets:
+        name = sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+    return config.server.host, config.server.port
