@@ -87,7 +87,9 @@ class Harness:
         assert resp.status in (200, 202), await resp.text()
         return await resp.json()
 
-    async def webhook(self, update: dict[str, Any], path: str = "/webhook/telegram") -> aiohttp.ClientResponse:
+    async def webhook(
+        self, update: dict[str, Any], path: str = "/webhook/telegram"
+    ) -> aiohttp.ClientResponse:
         return await self.client.post(
             path,
             data=json.dumps(update),

@@ -166,7 +166,7 @@ class FakeTelegram:
         for _ in range(times):
             self._failures[method].append(("hang", 0, None, None))
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` is true; re-checked after every received call or change."""
         try:
             async with asyncio.timeout(timeout):
@@ -180,7 +180,7 @@ class FakeTelegram:
                 f"sent={[m.get('text') for m in self.sent]}"
             ) from None
 
-    async def wait_sent(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+    async def wait_sent(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until at least ``count`` messages were sent; returns all sent payloads."""
         await self.wait_for(lambda: len(self.sent) >= count, timeout)
         return list(self.sent)
