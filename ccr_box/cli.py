@@ -83,6 +83,9 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         if not path.exists():
             print(f"# {path} does not exist yet; `ccr-box up` creates it", file=sys.stderr)
+        overridden = _env_overrides(config, path)
+        if overridden:
+            print(f"# set by environment variables: {', '.join(overridden)}", file=sys.stderr)
         return 0
     parser.parse_args(["config", "--help"])
     return 2
@@ -92,6 +95,23 @@ def _defaults_from_env(path: Path) -> Config:
     from ccr_box.config import parse
 
     return parse("", env=os.environ, path=path)
+
+
+def _env_overrides(config: Config, path: Path) -> list[str]:
+    """Dotted keys whose effective value differs from the file's because of the environment."""
+    from ccr_box.config import SECTIONS, parse
+
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        from_file = parse(text, env={}, path=path)
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return []  # the file alone is invalid, e.g. a required value only set in the environment
+    return [
+        f"{section}.{f.name}"
+        for section in SECTIONS
+        for f in dataclasses.fields(getattr(config, section))
+        if getattr(getattr(config, section), f.name) != getattr(getattr(from_file, section), f.name)
+    ]
 
 
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -121,13 +141,28 @@ def _up(args: argparse.Namespace) -> int:
     setup_logging(config.server.log_level, secrets_of(config))
     if created:
         print(
-            f"ccr-box: created {config.path} with freshly generated secrets (mode 0600).\n"
-            "  Fill in telegram.bot_token and telegram.allowed_chat_ids to turn Telegram on;\n"
-            "  the server is starting now with what it has.",
+            f"ccr-box: created {config.path} with freshly generated secrets (mode 0600).",
             file=sys.stderr,
         )
+        missing = [
+            key
+            for key, value in (
+                ("telegram.bot_token", config.telegram.bot_token),
+                ("telegram.allowed_chat_ids", config.telegram.allowed_chat_ids),
+            )
+            if not value
+        ]
+        if missing:
+            print(
+                f"  Fill in {' and '.join(missing)} to turn Telegram on;\n"
+                "  the server is starting now with what it has.",
+                file=sys.stderr,
+            )
     try:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # e.g. the port is taken: a clear line instead of a traceback
+        print(f"ccr-box: cannot start the server: {exc}", file=sys.stderr)
+        return 1
     return 0

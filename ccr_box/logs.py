@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 MASK = "***"
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+ACCESS_LOGGER = "ccr_box.access"  # the runner hands this logger to AccessLogger
 
 
 class SecretMasker(logging.Filter):
@@ -18,18 +20,26 @@ class SecretMasker(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Longest first, so a secret that contains another is masked whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # Each secret also in its percent-encoded spellings (a bot token's ':' becomes '%3A' in a
+        # URL). Longest first, so a secret that contains another is masked whole.
+        variants = {v for s in secrets if s for v in (s, quote(s, safe=""), quote(s))}
+        self.secrets = sorted(variants, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # bad format arguments: never let logging raise into the caller
+            message = f"{record.msg} (unformattable log arguments)"
+            record.msg, record.args = message, None
         masked = self.mask(message)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -51,8 +61,10 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> SecretMasker:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiohttp's own access log is replaced by AccessLogger below.
+    # aiohttp's own access log is replaced by AccessLogger below (logger ACCESS_LOGGER).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at debug: noise, and user texts.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     return masker
 
 

@@ -157,13 +157,14 @@ def _command_result(data: dict[str, Any]) -> CommandResult | None:
     success = data.get("success")
     if not isinstance(success, bool):
         return None
+    # An empty chatId / commandId counts as absent, so a failure report is not lost over it.
     chat_id = None
-    if data.get("chatId") is not None:
+    if data.get("chatId") not in (None, ""):
         chat_id = chat_id_text(data["chatId"])
         if chat_id is None:
             return None
     command_id = None
-    if data.get("commandId") is not None:
+    if data.get("commandId") not in (None, ""):
         command_id = _command_id(data["commandId"])
         if command_id is None:
             return None

@@ -41,6 +41,7 @@ class Database:
         self._jobs: asyncio.Queue[tuple[Job[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+        self._closing = False  # set by close(): no job may queue behind the stop marker
         self.batches = 0  # group commits so far (benchmarks read it)
 
     @classmethod
@@ -89,7 +90,7 @@ class Database:
 
     async def write(self, job: Job[T]) -> T:
         """Run ``job`` in the next group commit; return its result once it is durable."""
-        if self._task is None or self._task.done():
+        if self._closing or self._task is None or self._task.done():
             raise DatabaseError("database is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put_nowait((job, future))
@@ -167,6 +168,7 @@ class Database:
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the lock."""
+        self._closing = True
         if self._task is not None:
             self._jobs.put_nowait(None)
             await self._task

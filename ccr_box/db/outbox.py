@@ -21,10 +21,18 @@ async def add(
     token: str,
     chunks: Iterable[tuple[int, str, str | None, str | None]],
     now: int,
+    *,
+    next_attempt_at: int | None = None,
+    first_error: str | None = None,
 ) -> int:
-    """Store chunks ``(seq, text, entities_json, reply_markup_json)``; returns how many."""
+    """Store chunks ``(seq, text, entities_json, reply_markup_json)``; returns how many.
+
+    ``first_error``: the first chunk was already tried once and failed with this error (it then
+    starts with ``attempts = 1``). ``next_attempt_at`` defaults to ``now``.
+    """
+    due = now if next_attempt_at is None else next_attempt_at
     rows = [
-        (notification_id, seq, session_id, chat_id, token, text, entities, markup, now, now)
+        (notification_id, seq, session_id, chat_id, token, text, entities, markup, now, due)
         for seq, text, entities, markup in chunks
     ]
     await conn.executemany(
@@ -32,6 +40,11 @@ async def add(
         " reply_markup, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+    if rows and first_error is not None:
+        await conn.execute(
+            "UPDATE outbox SET attempts = 1, last_error = ? WHERE notification_id = ? AND seq = ?",
+            (first_error[:500], notification_id, rows[0][1]),
+        )
     return len(rows)
 
 

@@ -47,10 +47,14 @@ async def commands(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in q.STATUSES:
         return json_error(400, "Invalid status")
-    raw_limit = request.query.get("limit")
+    raw_limit = request.query.get("limit") or None  # empty = default, like status/machineId
     limit = 100
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        # isascii: str.isdigit() also accepts "²", which int() refuses (was a 500).
+        if (
+            not (raw_limit.isascii() and raw_limit.isdigit())
+            or not 1 <= int(raw_limit) <= MAX_LIMIT
+        ):
             return json_error(400, "Invalid limit")
         limit = int(raw_limit)
     machine_id = request.query.get("machineId") or None

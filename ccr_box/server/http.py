@@ -50,7 +50,19 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise BadJson from None
     if not isinstance(value, dict):
         raise BadJson
+    # A lone surrogate ("\ud800", or its raw UTF-8 bytes, which json.loads lets through) is not
+    # text: it cannot be stored in SQLite or sent on, so refuse it here instead of failing later.
+    if (not raw.isascii() or b"\\u" in raw) and not _encodable(value):
+        raise BadJson
     return value
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:

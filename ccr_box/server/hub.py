@@ -8,6 +8,7 @@ flushes; no lock is shared between machines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -29,6 +30,7 @@ from ccr_box.server.notifier import Notifier
 log = logging.getLogger("ccr_box.hub")
 
 _ids = itertools.count(1)
+CLOSE_WAIT_S = 5.0  # how long a replacement/shutdown close waits for the old handler
 
 
 @dataclass(eq=False)
@@ -39,6 +41,12 @@ class AgentConnection:
     conn_id: int = field(default_factory=lambda: next(_ids))
     opened_monotonic: float = field(default_factory=time.monotonic)
     last_frame_at: int | None = None
+    # (code, reason) when the server itself closed it (replacement, shutdown): what detach records.
+    server_close: tuple[int, str] | None = None
+    # The hub asks the connection's own handler to close it (so the close handshake completes:
+    # aiohttp drops the TCP connection unanswered when close() races a pending receive()).
+    close_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # detached and recorded
 
     async def send(self, text: str) -> None:
         if self.ws.closed:
@@ -100,12 +108,17 @@ class Hub:
             conn.age_s(),
         )
         now = self._clock.now_ms()
-        try:
-            await self._db.write(
+        # Shielded: the handler task is often being cancelled right now (the transport just
+        # closed); the presence record must still be written.
+        record = asyncio.ensure_future(
+            self._db.write(
                 lambda db: updates_db.machine_disconnected(db, conn.machine_id, now, code, reason)
             )
-        except Exception:
-            log.exception("could not record disconnect of %s", conn.machine_id)
+        )
+        record.add_done_callback(_log_record_failure)
+        record.add_done_callback(lambda _: conn.finished.set())
+        with contextlib.suppress(Exception):  # logged by the callback
+            await asyncio.shield(record)
 
     async def close_all(self, code: int, reason: str) -> None:
         conns = list(self._current.values())
@@ -204,8 +217,17 @@ class Hub:
         )
 
 
+def _log_record_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("could not record a disconnect", exc_info=task.exception())
+
+
 async def _close_quietly(conn: AgentConnection, code: int, reason: str) -> None:
+    """Have the connection's handler close it with ``code``/``reason``; wait until it is done."""
+    if conn.server_close is None and not conn.ws.closed:
+        conn.server_close = (code, reason)
+    conn.close_requested.set()
     try:
-        await conn.ws.close(code=code, message=reason.encode("utf-8"))
-    except Exception:
-        log.debug("closing %s raised", conn.machine_id, exc_info=True)
+        await asyncio.wait_for(conn.finished.wait(), CLOSE_WAIT_S)
+    except TimeoutError:
+        log.debug("closing %s: handler still busy", conn.machine_id)

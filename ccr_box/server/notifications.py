@@ -19,6 +19,7 @@ from ccr_box.errors import TelegramPermanentError, TelegramTransientError
 from ccr_box.protocol import chat_id_text
 from ccr_box.server import keys
 from ccr_box.server.http import is_nonempty_str, json_error, read_json_object
+from ccr_box.server.telegram import TelegramRateLimitedError
 from ccr_box.textutil import Chunk, split_message
 
 log = logging.getLogger("ccr_box.notifications")
@@ -124,6 +125,13 @@ async def send_notification(request: web.Request) -> web.Response:
                 break
             sent.append(int(message["message_id"]))
     unsent = [] if failure else list(enumerate(chunks))[len(sent) :]
+    retry_at = now
+    if transient is not None:
+        # The background sender backs off from this failed attempt (and honours a 429's wait).
+        delay = limits.send_backoff_ms(0)
+        if isinstance(transient, TelegramRateLimitedError):
+            delay = max(delay, int(transient.retry_after * 1000))
+        retry_at = now + delay
 
     async def job(c: Any) -> None:
         await sessions_db.touch(c, req.session_id, now)
@@ -139,6 +147,8 @@ async def send_notification(request: web.Request) -> web.Response:
                 token,
                 [_outbox_row(i, chunk, req, i == len(chunks) - 1) for i, chunk in unsent],
                 now,
+                next_attempt_at=retry_at,
+                first_error=str(transient) if transient is not None else None,
             )
 
     await db.write(job)

@@ -14,6 +14,7 @@ from typing import Any
 from ccr_box.errors import TelegramError, TelegramTransientError
 from ccr_box.server.state import ConfigRef
 from ccr_box.server.telegram import TelegramAPI
+from ccr_box.textutil import split_message
 
 log = logging.getLogger("ccr_box.notifier")
 
@@ -54,21 +55,28 @@ class Notifier:
         self._spawn(self._answer(callback_query_id, text))
 
     async def _send_text(self, chat_id: str, text: str, thread_id: int | None) -> None:
+        # Split like notifications (§8.3): a long /sessions list must not exceed 4,096 units.
+        for chunk in split_message(text):
+            if not await self._send_chunk(chat_id, chunk.text, thread_id):
+                return
+
+    async def _send_chunk(self, chat_id: str, text: str, thread_id: int | None) -> bool:
         extra: dict[str, Any] = {}
         if thread_id is not None:
             extra["message_thread_id"] = thread_id
         for attempt in range(1, TEXT_RETRIES + 1):
             try:
                 await self._telegram.send_message(chat_id, text, wait_budget_s=None, **extra)
-                return
+                return True
             except TelegramTransientError as exc:
                 if attempt == TEXT_RETRIES:
                     log.warning("giving up on a text to chat %s: %s", chat_id, exc)
-                    return
+                    return False
                 await self._sleep(self._retry_delay_s * attempt)
             except TelegramError as exc:
                 log.warning("Telegram refused a text to chat %s: %s", chat_id, exc)
-                return
+                return False
+        return False
 
     async def _answer(self, callback_query_id: str, text: str | None) -> None:
         try:

@@ -37,26 +37,35 @@ class OutboxSender:
         for row in rows:
             if row["notification_id"] in blocked:
                 continue
-            if await self._send_one(row):
+            outcome = await self._send_one(row)
+            if outcome == "sent":
                 delivered += 1
-            else:
+            elif outcome == "failed":
                 blocked.add(row["notification_id"])
+            else:
+                # Telegram is unreachable or rate limiting: the other notifications would fail
+                # the same way (each after up to a full call timeout), and this runs inside the
+                # maintenance tick, so stop the round and try again when rows are due.
+                break
         return delivered
 
-    async def _send_one(self, row: dict[str, Any]) -> bool:
+    async def _send_one(self, row: dict[str, Any]) -> str:
+        """``sent``, ``failed`` (permanently) or ``retry`` (transient, rescheduled)."""
         if row["chat_id"] not in self._config.current.telegram.allowed_chat_ids:
             await self._db.write(
                 lambda c: outbox_db.mark_failed(c, row["notification_id"], "chat no longer allowed")
             )
-            return False
+            return "failed"
         fields: dict[str, Any] = {}
         if row["entities"]:
             fields["entities"] = json.loads(row["entities"])
         if row["reply_markup"]:
             fields["reply_markup"] = json.loads(row["reply_markup"])
         try:
+            # wait_budget_s=0: a 429 is not slept out here (that would stall the maintenance
+            # tick); the row is rescheduled for when Telegram said to come back.
             message = await self._telegram.send_message(
-                row["chat_id"], row["text"], wait_budget_s=None, **fields
+                row["chat_id"], row["text"], wait_budget_s=0.0, **fields
             )
         except TelegramPermanentError as exc:
             error = str(exc)
@@ -64,7 +73,7 @@ class OutboxSender:
                 "Telegram refused queued notification %s: %s", row["notification_id"], error
             )
             await self._db.write(lambda c: outbox_db.mark_failed(c, row["notification_id"], error))
-            return False
+            return "failed"
         except TelegramTransientError as exc:
             error, retry_at = (
                 str(exc),
@@ -73,7 +82,7 @@ class OutboxSender:
             if isinstance(exc, TelegramRateLimitedError):
                 retry_at = max(retry_at, self._clock.now_ms() + int(exc.retry_after * 1000))
             await self._db.write(lambda c: outbox_db.mark_retry(c, row["id"], error, retry_at))
-            return False
+            return "retry"
         now = self._clock.now_ms()
         message_id = int(message["message_id"])
 
@@ -84,4 +93,4 @@ class OutboxSender:
             )
 
         await self._db.write(job)
-        return True
+        return "sent"

@@ -14,7 +14,7 @@ from typing import Any
 
 from ccr_box.backoff import Backoff
 from ccr_box.clock import Clock
-from ccr_box.errors import TelegramPermanentError, TelegramTransientError
+from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
 from ccr_box.server.pipeline import Pipeline
 from ccr_box.server.state import ConfigRef, TelegramStatus
 from ccr_box.server.telegram import (
@@ -73,6 +73,9 @@ class Poller:
         self._sleep = sleep
         self._poll_timeout = poll_timeout
         self._backoff = Backoff(1.0, 60.0, rand=rand)
+        # Separate from the getUpdates backoff, which a successful poll resets: retrying a failing
+        # update must keep doubling (§7.7) although every retry starts with a successful poll.
+        self._update_backoff = Backoff(1.0, 60.0, rand=rand)
         self.offset: int | None = None
         self._failures: tuple[int | None, int] = (None, 0)  # (update_id, consecutive failures)
         self._webhook_deleted = False
@@ -117,7 +120,7 @@ class Poller:
                 await self._pipeline.process(update if isinstance(update, dict) else {})
             except Exception:
                 if not self._count_failure(update_id):
-                    delay = self._backoff.next()
+                    delay = self._update_backoff.next()
                     log.exception("update %s failed; retrying in %.1fs", update_id, delay)
                     await self._sleep(delay)
                     return  # the next getUpdates starts again at this update
@@ -126,6 +129,8 @@ class Poller:
                     update_id,
                     MAX_UPDATE_FAILURES,
                 )
+            self._failures = (None, 0)  # processed or skipped: the next update starts afresh
+            self._update_backoff.reset()
             if isinstance(update_id, int):
                 self.offset = update_id + 1
 
@@ -140,8 +145,16 @@ class Poller:
         if is_webhook_conflict(exc):
             if self._config.current.telegram.delete_webhook and not self._webhook_deleted:
                 log.warning("a webhook is set; deleting it (telegram.delete_webhook = true)")
+                try:
+                    await self._telegram.delete_webhook(drop_pending_updates=False)
+                except TelegramError as err:
+                    # An exception here would end the polling task for good: retry later.
+                    self._status.fail("error", f"deleteWebhook failed: {err}")
+                    delay = self._backoff.next()
+                    log.error("deleteWebhook failed (%s); retrying in %.1fs", err, delay)
+                    await self._sleep(delay)
+                    return True
                 self._webhook_deleted = True
-                await self._telegram.delete_webhook(drop_pending_updates=False)
                 return True
             self._status.fail(
                 "conflict",

@@ -9,7 +9,7 @@ import signal
 from aiohttp import web
 
 from ccr_box.config import Config, api_key_is_token
-from ccr_box.logs import AccessLogger
+from ccr_box.logs import ACCESS_LOGGER, AccessLogger
 from ccr_box.server.app import make_app
 
 log = logging.getLogger("ccr_box.server")
@@ -56,7 +56,11 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     for warning in startup_warnings(config):
         log.warning("%s", warning)
     runner = web.AppRunner(
-        make_app(config), access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=5.0
+        make_app(config),
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger(ACCESS_LOGGER),
+        handle_signals=False,
+        shutdown_timeout=5.0,
     )
     await runner.setup()
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from ccr_box import limits, protocol
 from ccr_box.server import keys
@@ -37,7 +39,10 @@ def make_ws_handler(idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S):
             # Echo exactly "ccr" when offered, never the key; nothing when nothing was offered.
             protocols=("ccr",) if "ccr" in offered else (),
             autoclose=False,
-            max_msg_size=limits.MAX_WS_TRANSPORT_BYTES,
+            # aiohttp refuses an uncompressed frame of exactly max_msg_size (>=) but accepts a
+            # decompressed message of that size (>): allow one byte more and enforce "over 1 MiB
+            # closes with 1009" in the read loop, the same for both (§4.4).
+            max_msg_size=limits.MAX_WS_TRANSPORT_BYTES + 1,
         )
         await ws.prepare(request)
         hub = request.app[keys.HUB]
@@ -55,9 +60,11 @@ def make_ws_handler(idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S):
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutting down")
             raise
         finally:
-            if ws.close_code is not None and code is None:
+            if conn.server_close is not None:  # replaced or shut down by the hub
+                (code, reason), by = conn.server_close, "server"
+            elif ws.close_code is not None and code is None:
                 code = ws.close_code
-            await hub.detach(conn, code, reason, by)
+            await hub.detach(conn, code, reason, by)  # sets conn.finished once recorded
         return ws
 
     return ws_handler
@@ -70,30 +77,64 @@ async def _read_loop(
     ws = conn.ws
     hub = request.app[keys.HUB]
     clock = request.app[keys.CLOCK]
-    while True:
-        try:
-            msg = await ws.receive(timeout=idle_timeout_s)
-        except TimeoutError:
-            await ws.close(code=4002, message=b"Idle timeout")
-            return 4002, "Idle timeout", "server"
-        conn.last_frame_at = clock.now_ms()
-        if msg.type == WSMsgType.TEXT:
-            await _handle_frame(hub, conn, msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            await _handle_frame(hub, conn, msg.data)
-        elif msg.type == WSMsgType.CLOSE:
-            # Reciprocate the peer's own code and reason so it sees a clean close (§4.5).
-            code = (
-                msg.data if isinstance(msg.data, int) and msg.data not in _RESERVED_CODES else 1000
-            )
-            reason = msg.extra or ""
-            await ws.close(code=code, message=reason.encode("utf-8")[:123])
-            return code, reason, "agent"
-        elif msg.type == WSMsgType.ERROR:
-            # e.g. a frame over the 1 MiB transport cap: aiohttp has closed with 1009.
-            return ws.close_code, f"error: {type(msg.data).__name__}", "server"
-        else:  # CLOSED / CLOSING: the server closed it (replacement, shutdown) or the peer vanished
-            return ws.close_code, "closed", "server"
+    stop = asyncio.ensure_future(conn.close_requested.wait())
+    receive: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if conn.close_requested.is_set():  # replacement or shutdown (hub)
+                code, reason = conn.server_close or (WSCloseCode.OK, "")
+                await ws.close(code=code, message=reason.encode("utf-8")[:123])
+                return code, reason, "server"
+            receive = asyncio.ensure_future(ws.receive(timeout=idle_timeout_s))
+            await asyncio.wait((receive, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receive
+                continue
+            try:
+                msg = receive.result()
+            except TimeoutError:
+                await ws.close(code=4002, message=b"Idle timeout")
+                return 4002, "Idle timeout", "server"
+            outcome = await _on_message(hub, clock, conn, msg)
+            if outcome is not None:
+                return outcome
+    finally:
+        stop.cancel()
+        if receive is not None and not receive.done():
+            receive.cancel()
+
+
+async def _on_message(
+    hub: Any, clock: Any, conn: AgentConnection, msg: WSMessage
+) -> tuple[int | None, str, str] | None:
+    """Handle one received message; return (code, reason, who) when the connection ended."""
+    ws = conn.ws
+    conn.last_frame_at = clock.now_ms()
+    if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and _over_transport_limit(msg.data):
+        await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"Message too big")
+        return WSCloseCode.MESSAGE_TOO_BIG, "Message too big", "server"
+    if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+        await _handle_frame(hub, conn, msg.data)
+        return None
+    if msg.type == WSMsgType.CLOSE:
+        # Reciprocate the peer's own code and reason so it sees a clean close (§4.5).
+        code = msg.data if isinstance(msg.data, int) and msg.data not in _RESERVED_CODES else 1000
+        reason = msg.extra or ""
+        await ws.close(code=code, message=reason.encode("utf-8")[:123])
+        return code, reason, "agent"
+    if msg.type == WSMsgType.ERROR:
+        # e.g. a frame over the 1 MiB transport cap: aiohttp has closed with 1009.
+        return ws.close_code, f"error: {type(msg.data).__name__}", "server"
+    return ws.close_code, "closed", "server"  # CLOSED / CLOSING: the peer vanished
+
+
+def _over_transport_limit(data: str | bytes) -> bool:
+    limit = limits.MAX_WS_TRANSPORT_BYTES
+    if isinstance(data, bytes):
+        return len(data) > limit
+    return len(data) > limit // 4 and len(data.encode("utf-8", "surrogatepass")) > limit
 
 
 async def _handle_frame(hub, conn: AgentConnection, payload: str | bytes) -> None:

@@ -1,0 +1,331 @@
+"""The database layer (contract §5): schema and migrations, the single-server lock, group commit
+with per-job rollback, the indexes the contract names, and the uniqueness backstops."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from ccr_box.db import Database, database_path
+from ccr_box.db import queue as q
+from ccr_box.db import sessions as sessions_db
+from ccr_box.db import updates as updates_db
+from ccr_box.db.schema import SCHEMA_VERSION
+from ccr_box.errors import DatabaseBusyError, DatabaseError, SchemaTooNewError
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return database_path(tmp_path / "data")
+
+
+async def scalar(db: Database, query: str, *params: Any) -> Any:
+    async def job(c: aiosqlite.Connection) -> Any:
+        async with c.execute(query, params) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    return await db.read(job)
+
+
+def raw(path: Path, query: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def write_garbage(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not an SQLite file at all, just text" * 100)
+
+
+# -- open, schema version, reopen -----------------------------------------------------------------
+
+
+async def test_open_creates_wal_database_at_current_schema(path: Path) -> None:
+    db = await Database.open(path)
+    try:
+        assert await scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+        assert SCHEMA_VERSION >= 1
+        tables = {
+            r[0]
+            for r in raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not r[0].startswith("sqlite_")
+        }
+        assert {"sessions", "messages", "command_queue", "seen_updates", "machines"} <= tables
+    finally:
+        await db.close()
+    assert raw(path, "PRAGMA journal_mode") == [("wal",)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_reopen_keeps_data_and_version(path: Path) -> None:
+    db = await Database.open(path)
+    await db.write(lambda c: sessions_db.upsert(c, "s1", "m1", "lbl", 1000, max_sessions=1000))
+    await db.close()
+    db = await Database.open(path)
+    try:
+        assert await db.read(lambda c: sessions_db.get(c, "s1")) == {
+            "session_id": "s1",
+            "machine_id": "m1",
+            "label": "lbl",
+            "created_at": 1000,
+            "updated_at": 1000,
+        }
+        assert await scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+    finally:
+        await db.close()
+
+
+async def test_newer_schema_is_refused_with_a_clear_message(path: Path) -> None:
+    db = await Database.open(path)
+    await db.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNewError) as info:
+        await Database.open(path)
+    message = str(info.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert f"only knows up to {SCHEMA_VERSION}" in message
+    assert str(path) in message
+    # The failed open released the lock: trying again gives the same error, not "busy".
+    with pytest.raises(SchemaTooNewError):
+        await Database.open(path)
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]  # left untouched
+
+
+async def test_not_a_database_is_a_database_error(path: Path) -> None:
+    write_garbage(path)
+    with pytest.raises(DatabaseError) as info:
+        await Database.open(path)
+    assert "cannot open database" in str(info.value)
+    with pytest.raises(DatabaseError) as again:  # lock released: same error, not busy
+        await Database.open(path)
+    assert not isinstance(again.value, DatabaseBusyError)
+
+
+async def test_second_open_while_open_is_busy(path: Path) -> None:
+    first = await Database.open(path)
+    with pytest.raises(DatabaseBusyError) as info:
+        await Database.open(path)
+    assert "another ccr-box server is already using" in str(info.value)
+    assert isinstance(info.value, DatabaseError)
+    # The refused open did not disturb the first one.
+    assert await first.write(lambda c: updates_db.record(c, 1, 10)) is True
+    await first.close()
+    second = await Database.open(path)
+    try:
+        assert await second.read(lambda c: updates_db.seen(c, 1)) is True
+    finally:
+        await second.close()
+
+
+# -- group commit ------------------------------------------------------------------------------------
+
+
+async def test_group_commit_batches_concurrent_writes(path: Path) -> None:
+    db = await Database.open(path)
+    before = db.batches
+    results = await asyncio.gather(
+        *(db.write(lambda c, i=i: updates_db.record(c, i, i)) for i in range(1, 201))
+    )
+    assert results == [True] * 200
+    batches = db.batches - before
+    assert 1 <= batches <= 10, batches
+    await db.close()
+    assert raw(path, "SELECT COUNT(*), MIN(update_id), MAX(update_id) FROM seen_updates") == [
+        (200, 1, 200)
+    ]
+
+
+async def test_failing_job_rolls_back_only_itself(path: Path) -> None:
+    db = await Database.open(path)
+
+    async def failing(c: aiosqlite.Connection) -> None:
+        await updates_db.record(c, 2, 2)
+        await c.execute("UPDATE seen_updates SET created_at = 99 WHERE update_id = 1")
+        raise ValueError("job failed")
+
+    before = db.batches
+    outcomes = await asyncio.gather(
+        db.write(lambda c: updates_db.record(c, 1, 1)),
+        db.write(failing),
+        db.write(lambda c: updates_db.record(c, 3, 3)),
+        return_exceptions=True,
+    )
+    assert db.batches - before == 1  # the three jobs shared one transaction
+    assert outcomes[0] is True and outcomes[2] is True
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "job failed"
+    await db.close()
+    assert raw(path, "SELECT update_id, created_at FROM seen_updates ORDER BY 1") == [
+        (1, 1),
+        (3, 3),
+    ]
+
+
+async def test_failing_job_alone_rolls_back(path: Path) -> None:
+    db = await Database.open(path)
+
+    async def failing(c: aiosqlite.Connection) -> None:
+        await updates_db.record(c, 7, 7)
+        raise KeyError("alone")
+
+    with pytest.raises(KeyError):
+        await db.write(failing)
+    # The writer is still usable and the failed job left nothing behind.
+    assert await db.write(lambda c: updates_db.record(c, 8, 8)) is True
+    await db.close()
+    assert raw(path, "SELECT update_id FROM seen_updates") == [(8,)]
+
+
+async def test_write_and_read_after_close_raise(path: Path) -> None:
+    db = await Database.open(path)
+    await db.close()
+    with pytest.raises(DatabaseError, match="closed"):
+        await db.write(lambda c: updates_db.record(c, 1, 1))
+    with pytest.raises(DatabaseError, match="closed"):
+        await db.read(lambda c: updates_db.seen(c, 1))
+
+
+async def test_close_finishes_queued_writes(path: Path) -> None:
+    db = await Database.open(path)
+    # gather starts the writes in order, so all 50 jobs are queued before close() runs.
+    *results, closed = await asyncio.gather(
+        *(db.write(lambda c, i=i: updates_db.record(c, i, i)) for i in range(1, 51)), db.close()
+    )
+    assert results == [True] * 50 and closed is None
+    assert raw(path, "SELECT COUNT(*) FROM seen_updates") == [(50,)]
+
+
+async def test_write_racing_close_fails_instead_of_hanging(path: Path) -> None:
+    db = await Database.open(path)
+
+    async def late_write() -> Any:
+        return await db.write(lambda c: updates_db.record(c, 5, 5))
+
+    # close() queues its stop marker first; the write arrives while the writer is stopping.
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(db.close(), late_write(), return_exceptions=True), timeout=2
+    )
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], DatabaseError) and "closed" in str(outcomes[1])
+
+
+# -- indexes and constraints (§5) ----------------------------------------------------------------------
+
+
+def index_columns(path: Path) -> dict[str, set[tuple[tuple[str, ...], bool]]]:
+    """{table: {(indexed columns, unique)}} including primary keys and UNIQUE constraints."""
+    conn = sqlite3.connect(path)
+    try:
+        result: dict[str, set[tuple[tuple[str, ...], bool]]] = {}
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not r[0].startswith("sqlite_")
+        ]
+        for table in tables:
+            for _seq, name, unique, *_ in conn.execute(f"PRAGMA index_list({table})"):
+                cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({name})"))
+                result.setdefault(table, set()).add((cols, bool(unique)))
+        return result
+    finally:
+        conn.close()
+
+
+async def test_indexes_named_by_the_contract_exist(path: Path) -> None:
+    db = await Database.open(path)
+    await db.close()
+    idx = index_columns(path)
+
+    def has(table: str, prefix: tuple[str, ...], unique: bool | None = None) -> bool:
+        return any(
+            cols[: len(prefix)] == prefix and (unique is None or u == unique)
+            for cols, u in idx.get(table, set())
+        )
+
+    assert has("sessions", ("machine_id",))
+    assert has("sessions", ("updated_at",))
+    assert has("messages", ("session_id",))
+    assert has("messages", ("token", "chat_id"))
+    assert has("messages", ("created_at",))
+    assert has("messages", ("chat_id", "message_id"), unique=True)  # the primary key
+    assert has("command_queue", ("machine_id", "status"))
+    assert has("command_queue", ("status", "next_retry_at"))
+    assert has("command_queue", ("status", "expires_at"))
+    assert has("command_queue", ("update_id",), unique=True)
+    assert has("seen_updates", ("created_at",))
+    names = {r[0] for r in raw(path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {
+        "sessions_machine",
+        "sessions_updated",
+        "messages_session",
+        "messages_token_chat",
+        "messages_created",
+        "command_queue_machine_status",
+        "command_queue_status_retry",
+        "command_queue_status_expires",
+        "seen_updates_created",
+    } <= names
+
+
+async def test_newest_token_in_chat_query_uses_an_index(path: Path) -> None:
+    db = await Database.open(path)
+    await db.write(
+        lambda c: sessions_db.map_messages(
+            c, [("42", i, f"s{i % 3}", f"tok{i % 5}") for i in range(1, 50)], 1000
+        )
+    )
+    await db.close()
+    # Capture the exact SQL the query helper runs, then ask SQLite how it plans it.
+    conn = await aiosqlite.connect(str(path))
+    statements: list[str] = []
+    try:
+        await conn.set_trace_callback(statements.append)
+        assert await sessions_db.session_for_token(conn, "tok1", "42") is not None
+        await conn.set_trace_callback(None)
+        query = next(s for s in statements if "FROM messages" in s)
+        async with conn.execute(f"EXPLAIN QUERY PLAN {query}") as cur:
+            plan = " | ".join(str(r[3]) for r in await cur.fetchall())
+    finally:
+        await conn.close()
+    assert "USING INDEX" in plan or "COVERING INDEX" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # newest row found by walking the index, no sort
+
+
+async def test_command_queue_update_id_is_unique(path: Path) -> None:
+    db = await Database.open(path)
+    try:
+
+        def cmd(command_id: str, update_id: int | None) -> q.NewCommand:
+            return q.NewCommand(command_id, "m1", "s1", "x", "42", update_id=update_id)
+
+        await db.write(lambda c: q.enqueue(c, cmd("a" * 32, 77), 1000))
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.write(lambda c: q.enqueue(c, cmd("b" * 32, 77), 1000))
+        # NULL update ids (operator-made rows) do not collide.
+        await db.write(lambda c: q.enqueue(c, cmd("c" * 32, None), 1000))
+        await db.write(lambda c: q.enqueue(c, cmd("d" * 32, None), 1000))
+        rows = await db.read(lambda c: q.list_commands(c))
+        assert sorted(r["command_id"][0] for r in rows) == ["a", "c", "d"]
+    finally:
+        await db.close()
+
+
+async def test_seen_update_record_is_idempotent(path: Path) -> None:
+    db = await Database.open(path)
+    try:
+        assert await db.write(lambda c: updates_db.record(c, 9, 1)) is True
+        assert await db.write(lambda c: updates_db.record(c, 9, 2)) is False
+        assert await scalar(db, "SELECT created_at FROM seen_updates WHERE update_id = 9") == 1
+    finally:
+        await db.close()
