@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print the effective config, secrets redacted")
     show.add_argument("--json", action="store_true", help="JSON instead of TOML")
     config_sub.add_parser("path", help="print the config file path in use")
+
+    from ccr_box.agent.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -59,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _up(args)
         if args.command == "config":
             return _config(args, parser)
+        if args.command in ("agent", "hook", "hooks"):
+            from ccr_box.agent import commands
+
+            return getattr(commands, f"run_{args.command}")(args)
     except ConfigError as exc:
         print(f"ccr-box: config error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp.abc import AbstractAccessLogger
@@ -50,10 +51,17 @@ class SecretMasker(logging.Filter):
         return text
 
 
-def setup_logging(level: str, secrets: Iterable[str] = ()) -> SecretMasker:
-    """Log to stderr at ``level``; returns the masker so a config reload can update it."""
+def setup_logging(
+    level: str, secrets: Iterable[str] = (), *, log_file: Path | None = None
+) -> SecretMasker:
+    """Log to stderr (or append to ``log_file``) at ``level``; returns the masker."""
     masker = SecretMasker(secrets)
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(masker)
     root = logging.getLogger()

@@ -87,25 +87,14 @@ async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     return json.loads(msg.data)
 
 
-async def connect_agent(
-    http: aiohttp.ClientSession, base: str
-) -> tuple[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]]:
-    """Connect as a CCR agent and read up to ``boot``; returns (ws, frames that came before boot).
-
-    Contract §4.1 makes ``boot`` the first frame, but hub.attach races with the maintenance flush
-    (see test_boot_is_the_first_frame_even_when_a_flush_races_the_attach); a command frame that
-    overtook ``boot`` is handed back so the crash assertions below stay exact.
-    """
+async def connect_agent(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientWebSocketResponse:
+    """Connect as a CCR agent; ``boot`` must be the very first frame (contract §4.1)."""
     ws = await http.ws_connect(f"{base}/ws?machineId={MACHINE}", protocols=("ccr", API_KEY))
     assert ws.protocol == "ccr"
-    early: list[dict[str, Any]] = []
-    while True:
-        frame = await receive_json(ws)
-        if frame["type"] == "boot":
-            assert len(frame["bootId"]) == 8
-            return ws, early
-        assert frame["type"] == "command", frame
-        early.append(frame)
+    frame = await receive_json(ws)
+    assert frame["type"] == "boot", frame
+    assert len(frame["bootId"]) == 8
+    return ws
 
 
 async def test_reply_survives_sigkill_and_redelivery_is_deduplicated(
@@ -134,9 +123,8 @@ async def test_reply_survives_sigkill_and_redelivery_is_deduplicated(
 
     second, base = await start_up(procs, env)
     assert base != ""
-    ws, early = await connect_agent(http, base)
-    frame = early.pop(0) if early else await receive_json(ws)
-    assert early == []
+    ws = await connect_agent(http, base)
+    frame = await receive_json(ws)
     assert frame["type"] == "command"
     assert frame["command"] == "survive the crash"
     assert frame["sessionId"] == "s-1"
@@ -185,8 +173,7 @@ async def test_sigterm_closes_agents_with_1001_and_exits_zero(
     env: dict[str, str], procs: list[Proc], http: aiohttp.ClientSession
 ) -> None:
     proc, base = await start_up(procs, env)
-    ws, early = await connect_agent(http, base)
-    assert early == []
+    ws = await connect_agent(http, base)
     await ws.send_str(json.dumps({"type": "ping"}))
     assert await receive_json(ws) == {"type": "pong"}
 
@@ -201,11 +188,6 @@ async def test_sigterm_closes_agents_with_1001_and_exits_zero(
     assert proc.lines[-1].endswith("ccr_box.server: stopped")
 
 
-@pytest.mark.xfail(
-    reason="bug: hub.attach publishes the connection before sending boot, so a concurrent flush "
-    "(maintenance tick, enqueue) can send a command frame before boot (contract §4.1 step 4)",
-    strict=True,
-)
 async def test_boot_is_the_first_frame_even_when_a_flush_races_the_attach(server: Harness) -> None:
     """In-process and deterministic: the writer is held while the agent connects, so attach is
     parked at its database write when a flush (what every maintenance tick runs) comes along."""

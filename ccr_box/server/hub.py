@@ -78,21 +78,23 @@ class Hub:
 
     async def attach(self, conn: AgentConnection) -> None:
         """Make ``conn`` current, replace an older one, re-arm sent rows, boot, flush (§4.1)."""
-        old = self._current.get(conn.machine_id)
-        self._current[conn.machine_id] = conn
-        if old is not None and old is not conn:
-            # In the background: a half-open old socket must not delay the new one.
-            task = asyncio.create_task(_close_quietly(old, 4000, "Replaced by new connection"))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        now = self._clock.now_ms()
+        # Under the machine's flush lock: no flush may send a command before ``boot``.
+        async with self._flush_locks[conn.machine_id]:
+            old = self._current.get(conn.machine_id)
+            self._current[conn.machine_id] = conn
+            if old is not None and old is not conn:
+                # In the background: a half-open old socket must not delay the new one.
+                task = asyncio.create_task(_close_quietly(old, 4000, "Replaced by new connection"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            now = self._clock.now_ms()
 
-        async def job(db: Any) -> None:
-            await q.requeue_sent(db, conn.machine_id, now)
-            await updates_db.machine_connected(db, conn.machine_id, now)
+            async def job(db: Any) -> None:
+                await q.requeue_sent(db, conn.machine_id, now)
+                await updates_db.machine_connected(db, conn.machine_id, now)
 
-        await self._db.write(job)
-        await conn.send(protocol.boot(self.boot_id))
+            await self._db.write(job)
+            await conn.send(protocol.boot(self.boot_id))
         await self.flush(conn.machine_id)
 
     async def detach(self, conn: AgentConnection, code: int | None, reason: str, by: str) -> None:

@@ -1,0 +1,326 @@
+"""``ccr-box agent``: the WebSocket client that receives, stores, acks and executes commands.
+
+Contract §11.1 (connection, keep-alive, reconnect) and §11.2 (durable inbox): a command is written
+to disk before it is acked, a known ``commandId`` is acked again but never executed again, and
+results produced while disconnected are sent after the next connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ccr_box import protocol
+from ccr_box.agent.api import ServerAPI, ServerRefused, ServerUnavailable
+from ccr_box.agent.executor import Executor
+from ccr_box.agent.inject import Injector
+from ccr_box.agent.notify import interrupted_text
+from ccr_box.agent.store import AsyncStore
+from ccr_box.backoff import Backoff
+
+log = logging.getLogger("ccr_box.agent")
+
+REPLACED = 4000
+HEARTBEAT_TIMEOUT = 4001
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    server_url: str
+    api_key: str
+    machine_id: str
+    chat_id: str = ""
+    ping_interval_s: float = 30.0
+    pong_timeout_s: float = 90.0
+    close_timeout_s: float = 5.0
+    reconnect_cap_s: float = 30.0
+    replaced_wait_s: float = 30.0
+    notification_retry_s: float = 30.0
+
+
+def ws_url(server_url: str, machine_id: str) -> str:
+    base = server_url.rstrip("/")
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    return f"{base}/ws?machineId={quote(machine_id, safe='')}"
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: AsyncStore,
+        injector: Injector,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._sleep = sleep
+        self._rand = rand
+        self._backoff = Backoff(1.0, settings.reconnect_cap_s, rand=rand)
+        self.executor = Executor(store, injector, self._result_ready)
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._api: ServerAPI | None = None
+        self.boot_id: str | None = None
+        self.connected = asyncio.Event()  # set while a connection is open (tests, status)
+        self._last_pong = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Replay the inbox, then stay connected until cancelled."""
+        async with aiohttp.ClientSession() as http:
+            self._http = http
+            self._api = ServerAPI(self.settings.server_url, self.settings.api_key, http)
+            try:
+                await self.recover()
+                while True:
+                    cause = await self._connect_once(http)
+                    await self._sleep(self._reconnect_delay(cause))
+            finally:
+                for task in self._tasks:
+                    task.cancel()
+                await self.executor.close()
+
+    async def recover(self) -> None:
+        """Process start (§11.2): run ``received`` rows in order; report ``executing`` ones."""
+        to_run, interrupted = await self._store.call("recover")
+        for row in interrupted:
+            log.warning(
+                "command %s was being typed when the agent stopped; not re-run", row["command_id"]
+            )
+            self._spawn(self._tell_interrupted(row))
+        for row in to_run:
+            self.executor.submit(row)
+        pruned = await self._store.call("prune")
+        if pruned:
+            log.debug("pruned %d old inbox rows", pruned)
+
+    def _reconnect_delay(self, cause: tuple[int | None, str]) -> float:
+        code, _reason = cause
+        if code == REPLACED:
+            log.warning(
+                "another agent uses machineId %s; waiting before reconnecting",
+                self.settings.machine_id,
+            )
+            return self.settings.replaced_wait_s * (0.5 + 0.5 * self._rand())
+        return self._backoff.next()
+
+    async def _connect_once(self, http: aiohttp.ClientSession) -> tuple[int | None, str]:
+        url = ws_url(self.settings.server_url, self.settings.machine_id)
+        try:
+            ws = await http.ws_connect(
+                url,
+                protocols=("ccr", self.settings.api_key),
+                autoping=True,
+                max_msg_size=4 * 1024 * 1024,
+                timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            why = "API key refused" if exc.status == 401 else f"HTTP {exc.status}"
+            log.error("cannot connect to %s: %s", self.settings.server_url, why)
+            return None, why
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("cannot connect to %s: %s", self.settings.server_url, type(exc).__name__)
+            return None, type(exc).__name__
+        started = time.monotonic()
+        log.info("connected to %s as %s", self.settings.server_url, self.settings.machine_id)
+        self._ws = ws
+        self.connected.set()
+        try:
+            code, reason = await self._serve(ws)
+        finally:
+            self._ws = None
+            self.connected.clear()
+            if not ws.closed:
+                await ws.close()
+        log.info(
+            "disconnected: code=%s reason=%r after %.0fs", code, reason, time.monotonic() - started
+        )
+        return code, reason
+
+    # -- one connection -----------------------------------------------------------------------
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
+        self._last_pong = time.monotonic()  # the pong clock starts at open (§11.1)
+        heartbeat = asyncio.create_task(self._heartbeat(ws), name="agent-heartbeat")
+        self._spawn(self._on_open())
+        try:
+            async for msg in ws:
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    await self._on_frame(ws, msg.data)
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    return ws.close_code, f"error: {type(msg.data).__name__}"
+            return ws.close_code, _close_reason(ws)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while not ws.closed:
+            await self._sleep(self.settings.ping_interval_s)
+            if time.monotonic() - self._last_pong > self.settings.pong_timeout_s:
+                log.warning("no pong for %.0fs; reconnecting", self.settings.pong_timeout_s)
+                try:
+                    await asyncio.wait_for(
+                        ws.close(code=HEARTBEAT_TIMEOUT, message=b"heartbeat-timeout"),
+                        self.settings.close_timeout_s,
+                    )
+                except TimeoutError:
+                    pass
+                return
+            try:
+                await ws.send_str(protocol.PING)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def _on_open(self) -> None:
+        """Re-register live local sessions, then send stored results and notifications (§11.1)."""
+        await self._reregister()
+        await self._send_unsent_results()
+        await self._send_pending_notifications()
+
+    async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> None:
+        frame = protocol.decode(data)
+        if isinstance(frame, protocol.Pong):
+            self._last_pong = time.monotonic()
+            self._backoff.reset()
+        elif isinstance(frame, protocol.Boot):
+            changed = self.boot_id is not None and frame.boot_id != self.boot_id
+            log.info("server boot %s%s", frame.boot_id, " (server restarted)" if changed else "")
+            self.boot_id = frame.boot_id
+            self._backoff.reset()
+        elif isinstance(frame, protocol.Command):
+            await self._receive(
+                ws, frame.command_id, "command", frame.session_id, frame.chat_id, data
+            )
+        elif isinstance(frame, protocol.Unknown) and frame.type in ("launch", "kill"):
+            raw = json.loads(data)
+            command_id, chat_id = raw.get("commandId"), protocol.chat_id_text(raw.get("chatId"))
+            if isinstance(command_id, str) and 1 <= len(command_id) <= 64 and chat_id:
+                session_id = raw.get("sessionId") if isinstance(raw.get("sessionId"), str) else None
+                await self._receive(ws, command_id, frame.type, session_id, chat_id, data)
+        else:
+            log.debug("ignored frame %r", data[:100])
+
+    async def _receive(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        command_id: str,
+        kind: str,
+        session_id: str | None,
+        chat_id: str,
+        data: str | bytes,
+    ) -> None:
+        payload = json.loads(data)
+        is_new = await self._store.call("receive", command_id, kind, session_id, chat_id, payload)
+        # Ack only after the durable write; a duplicate is acked again, never executed again.
+        try:
+            await ws.send_str(protocol.encode({"type": "ack", "commandId": command_id}))
+        except (ConnectionError, RuntimeError):
+            log.debug("ack for %s not sent: connection closing", command_id)
+        if is_new:
+            row = await self._store.call("get", command_id)
+            self.executor.submit(row)
+        else:
+            log.info("duplicate command %s acked again, not executed", command_id)
+
+    # -- results and notifications ------------------------------------------------------------
+
+    async def _result_ready(self, row: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            await self._send_result(ws, row)
+
+    async def _send_result(self, ws: aiohttp.ClientWebSocketResponse, row: dict[str, Any]) -> bool:
+        frame = {
+            "type": "commandResult",
+            "commandId": row["command_id"],
+            "sessionId": row["session_id"],
+            "success": row["status"] == "done",
+            "error": row["error"] if row["status"] != "done" else None,
+            "chatId": row["chat_id"],
+        }
+        try:
+            await ws.send_str(protocol.encode(frame))
+        except (ConnectionError, RuntimeError):
+            return False  # kept (result_sent=0) and sent after the next connect
+        await self._store.call("mark_result_sent", row["command_id"])
+        return True
+
+    async def _send_unsent_results(self) -> None:
+        for row in await self._store.call("unsent_results"):
+            ws = self._ws
+            if ws is None or ws.closed or not await self._send_result(ws, row):
+                return
+
+    async def _reregister(self) -> None:
+        assert self._api is not None
+        for session in await self._store.call("sessions"):
+            try:
+                await self._api.register(
+                    session["session_id"], self.settings.machine_id, session["label"]
+                )
+            except (ServerUnavailable, ServerRefused) as exc:
+                log.warning("re-registering session %s failed: %s", session["session_id"], exc)
+                return
+
+    async def _send_pending_notifications(self) -> None:
+        assert self._api is not None
+        for item in await self._store.call("pending_notifications"):
+            try:
+                await self._api.notify(item["body"])
+            except ServerUnavailable as exc:
+                await self._store.call("notification_failed", item["id"], str(exc))
+                return
+            except ServerRefused as exc:
+                log.warning("server refused a stored notification (%s); dropping it", exc)
+            await self._store.call("drop_notification", item["id"])
+
+    async def _tell_interrupted(self, row: dict[str, Any]) -> None:
+        """Tell the user a command may not have arrived, with its text, so they can resend it."""
+        if not row.get("session_id") or self._api is None:
+            return
+        text = json.loads(row["payload"]).get("command", "")
+        body = {
+            "sessionId": row["session_id"],
+            "chatId": row["chat_id"],
+            "text": interrupted_text(text, self.settings.machine_id),
+        }
+        try:
+            await self._api.notify(body)
+        except ServerUnavailable as exc:
+            await self._store.call("keep_notification", row["session_id"], body, str(exc))
+        except ServerRefused as exc:
+            log.warning("could not report interrupted command %s: %s", row["command_id"], exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+
+def _close_reason(ws: aiohttp.ClientWebSocketResponse) -> str:
+    exc = ws.exception()
+    return f"{type(exc).__name__}" if exc else "closed"
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("agent background task failed", exc_info=task.exception())
