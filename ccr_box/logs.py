@@ -71,8 +71,6 @@ def setup_logging(
     root.setLevel(level.upper())
     # aiohttp's own access log is replaced by AccessLogger below (logger ACCESS_LOGGER).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # aiosqlite logs every statement with its parameters at debug: noise, and user texts.
-    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
     return masker
 
 

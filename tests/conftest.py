@@ -90,11 +90,14 @@ class Harness:
     async def webhook(
         self, update: dict[str, Any], path: str = "/webhook/telegram"
     ) -> aiohttp.ClientResponse:
-        return await self.client.post(
+        """POST an update as Telegram does; returns once the flush it started has finished."""
+        resp = await self.client.post(
             path,
             data=json.dumps(update),
             headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET},
         )
+        await self.hub.settled()
+        return resp
 
     async def connect(
         self, machine_id: str, *, protocols: tuple[str, ...] | None = None, **kw: Any

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,9 @@ def assert_no_secret(text: str, fake: FakeTelegram | None = None) -> None:
 async def sql(harness: Harness, query: str, *params: Any) -> list[dict[str, Any]]:
     """Read the durable state the way an outside checker would (reader connection)."""
 
-    async def job(conn: Any) -> list[dict[str, Any]]:
-        async with conn.execute(query, params) as cur:
-            return [dict(row) for row in await cur.fetchall()]
+    def job(conn: Any) -> list[dict[str, Any]]:
+        with closing(conn.execute(query, params)) as cur:
+            return [dict(row) for row in cur.fetchall()]
 
     return await harness.db.read(job)
 

@@ -7,6 +7,7 @@ change in the implementation makes the tests fail.
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -109,16 +110,16 @@ async def is_seen(h: Harness, update_id: int) -> bool:
 async def sql(h: Harness, statement: str, params: tuple[Any, ...] = ()) -> None:
     """Run one statement on the writer connection (test set-up that no route offers)."""
 
-    async def job(conn: Any) -> None:
-        await conn.execute(statement, params)
+    def job(conn: Any) -> None:
+        conn.execute(statement, params)
 
     await h.db.write(job)
 
 
 async def query(h: Harness, statement: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    async def job(conn: Any) -> list[dict[str, Any]]:
-        async with conn.execute(statement, params) as cur:
-            return [dict(r) for r in await cur.fetchall()]
+    def job(conn: Any) -> list[dict[str, Any]]:
+        with closing(conn.execute(statement, params)) as cur:
+            return [dict(r) for r in cur.fetchall()]
 
     return await h.db.read(job)
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+from contextlib import closing
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -74,9 +75,9 @@ async def only_row(h: Harness) -> dict[str, Any]:
 
 
 async def sql(h: Harness, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    async def job(conn: Any) -> list[tuple[Any, ...]]:
-        async with conn.execute(query, params) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+    def job(conn: Any) -> list[tuple[Any, ...]]:
+        with closing(conn.execute(query, params)) as cur:
+            return [tuple(r) for r in cur.fetchall()]
 
     return await h.db.read(job)
 

@@ -149,9 +149,9 @@ async def enqueue(
     ids = command_ids or [secrets.token_hex(16) for _ in commands]
     now = harness.clock.now_ms()
 
-    async def job(db: Any) -> None:
+    def job(db: Any) -> None:
         for command_id, command in zip(ids, commands, strict=True):
-            await q.enqueue(
+            q.enqueue(
                 db,
                 q.NewCommand(
                     command_id=command_id,

@@ -185,9 +185,9 @@ async def test_commands_newest_first_with_default_and_max_limit(server: Harness)
     ]
     start = server.clock.now_ms()
 
-    async def fill(conn: Any) -> None:
+    def fill(conn: Any) -> None:
         for i, cmd in enumerate(cmds):
-            await q.enqueue(conn, cmd, start + i)
+            q.enqueue(conn, cmd, start + i)
 
     await server.db.write(fill)
     rows = await get(server, "/admin/commands")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +200,15 @@ async def test_boot_is_the_first_frame_even_when_a_flush_races_the_attach(server
     )
     assert resp.status == 200
 
-    release = asyncio.Event()
+    release = threading.Event()  # set from the loop, waited on by the database thread
 
-    async def hold_writer(conn: Any) -> None:
-        await release.wait()
+    def hold_writer(conn: Any) -> None:
+        assert release.wait(timeout=30)
 
-    async def busy_write(conn: Any) -> None:  # keeps attach's group commit busy for a while
+    def busy_write(conn: Any) -> None:  # keeps attach's group commit busy for a while
         for _ in range(20):
-            async with conn.execute("SELECT count(*) FROM command_queue") as cur:
-                await cur.fetchone()
+            with closing(conn.execute("SELECT count(*) FROM command_queue")) as cur:
+                cur.fetchone()
 
     holder = asyncio.create_task(server.db.write(hold_writer))
     ws = await server.connect("racer")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 
 from ccr_box.db import Database, database_path
@@ -25,9 +25,9 @@ def path(tmp_path: Path) -> Path:
 
 
 async def scalar(db: Database, query: str, *params: Any) -> Any:
-    async def job(c: aiosqlite.Connection) -> Any:
-        async with c.execute(query, params) as cur:
-            row = await cur.fetchone()
+    def job(c: sqlite3.Connection) -> Any:
+        with closing(c.execute(query, params)) as cur:
+            row = cur.fetchone()
         return row[0] if row else None
 
     return await db.read(job)
@@ -150,9 +150,9 @@ async def test_group_commit_batches_concurrent_writes(path: Path) -> None:
 async def test_failing_job_rolls_back_only_itself(path: Path) -> None:
     db = await Database.open(path)
 
-    async def failing(c: aiosqlite.Connection) -> None:
-        await updates_db.record(c, 2, 2)
-        await c.execute("UPDATE seen_updates SET created_at = 99 WHERE update_id = 1")
+    def failing(c: sqlite3.Connection) -> None:
+        updates_db.record(c, 2, 2)
+        c.execute("UPDATE seen_updates SET created_at = 99 WHERE update_id = 1")
         raise ValueError("job failed")
 
     before = db.batches
@@ -175,8 +175,8 @@ async def test_failing_job_rolls_back_only_itself(path: Path) -> None:
 async def test_failing_job_alone_rolls_back(path: Path) -> None:
     db = await Database.open(path)
 
-    async def failing(c: aiosqlite.Connection) -> None:
-        await updates_db.record(c, 7, 7)
+    def failing(c: sqlite3.Connection) -> None:
+        updates_db.record(c, 7, 7)
         raise KeyError("alone")
 
     with pytest.raises(KeyError):
@@ -287,17 +287,16 @@ async def test_newest_token_in_chat_query_uses_an_index(path: Path) -> None:
     )
     await db.close()
     # Capture the exact SQL the query helper runs, then ask SQLite how it plans it.
-    conn = await aiosqlite.connect(str(path))
+    conn = sqlite3.connect(str(path))
     statements: list[str] = []
     try:
-        await conn.set_trace_callback(statements.append)
-        assert await sessions_db.session_for_token(conn, "tok1", "42") is not None
-        await conn.set_trace_callback(None)
+        conn.set_trace_callback(statements.append)
+        assert sessions_db.session_for_token(conn, "tok1", "42") is not None
+        conn.set_trace_callback(None)
         query = next(s for s in statements if "FROM messages" in s)
-        async with conn.execute(f"EXPLAIN QUERY PLAN {query}") as cur:
-            plan = " | ".join(str(r[3]) for r in await cur.fetchall())
+        plan = " | ".join(str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
     finally:
-        await conn.close()
+        conn.close()
     assert "USING INDEX" in plan or "COVERING INDEX" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # newest row found by walking the index, no sort
 

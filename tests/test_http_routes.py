@@ -493,9 +493,9 @@ async def test_register_upsert_keeps_created_at_and_clears_label(server: Harness
 async def test_session_limit_is_1000_and_reregister_stays_allowed(server: Harness) -> None:
     now = server.clock.now_ms()
 
-    async def fill(conn: Any) -> None:
+    def fill(conn: Any) -> None:
         for i in range(limits.MAX_SESSIONS - 1):
-            assert await sessions_db.upsert(
+            assert sessions_db.upsert(
                 conn, f"bulk-{i}", "m1", None, now, max_sessions=limits.MAX_SESSIONS
             )
 
@@ -527,9 +527,9 @@ async def test_concurrent_registrations_never_exceed_the_cap(server: Harness) ->
 
     now = server.clock.now_ms()
 
-    async def fill(conn: Any) -> None:
+    def fill(conn: Any) -> None:
         for i in range(limits.MAX_SESSIONS - 5):
-            await sessions_db.upsert(conn, f"bulk-{i}", "m1", None, now, max_sessions=10_000)
+            sessions_db.upsert(conn, f"bulk-{i}", "m1", None, now, max_sessions=10_000)
 
     await server.db.write(fill)
     responses = await asyncio.gather(

@@ -731,9 +731,9 @@ async def test_session_row_missing(server: Harness) -> None:
 
 
 async def fill_queue(h: Harness, machine_id: str, count: int) -> None:
-    async def job(conn) -> None:
+    def job(conn) -> None:
         for i in range(count):
-            await q.enqueue(
+            q.enqueue(
                 conn,
                 q.NewCommand(
                     command_id=secrets.token_hex(16),

@@ -660,11 +660,11 @@ async def test_queue_cap_counts_pending_and_sent_only(server: Harness) -> None:
     mid = await setup_session(server, "s1", "m1", "box")
     now = server.clock.now_ms()
 
-    async def fill(c) -> None:
+    def fill(c) -> None:
         for i in range(102):
             status = ("pending", "sent", "acked", "dead")[i % 4] if i < 8 else "pending"
-            await q.enqueue(c, q.NewCommand(f"{i:032x}", "m1", "s1", f"c{i}", CHAT), now)
-            await c.execute(
+            q.enqueue(c, q.NewCommand(f"{i:032x}", "m1", "s1", f"c{i}", CHAT), now)
+            c.execute(
                 "UPDATE command_queue SET status = ? WHERE command_id = ?", (status, f"{i:032x}")
             )
 

@@ -73,8 +73,8 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def run_hook(args: argparse.Namespace) -> int:
     """Never fails: Claude Code must not be disturbed by a broken hook."""
-    stdin_text = sys.stdin.read() if not sys.stdin.isatty() else ""
     try:
+        stdin_text = _read_stdin()
         from ccr_box.agent.hooks import run_hook as handle
         from ccr_box.config import secrets_of
         from ccr_box.logs import setup_logging
@@ -89,6 +89,14 @@ def run_hook(args: argparse.Namespace) -> int:
     except Exception as exc:  # config errors included: report on stderr, exit 0 anyway
         print(f"ccr-box hook: {exc}", file=sys.stderr)
     return 0
+
+
+def _read_stdin() -> str:
+    """The hook payload; undecodable bytes never raise (the JSON check reports them)."""
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        return ""
+    return stdin.buffer.read().decode("utf-8", "replace")
 
 
 def run_hooks(args: argparse.Namespace) -> int:

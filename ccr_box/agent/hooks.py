@@ -22,11 +22,17 @@ from ccr_box.agent.notify import (
     FALLBACK_BODY,
     NEEDS_INPUT,
     STOP,
+    clip_body,
     last_assistant_text,
     notification_text,
 )
-from ccr_box.agent.store import AgentStore
+from ccr_box.agent.store import AGENT_DB, AgentStore
 from ccr_box.config import AgentConfig, default_machine_id
+
+try:
+    import fcntl
+except ImportError:  # Windows: no tmux there either
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("ccr_box.hook")
 
@@ -45,14 +51,19 @@ def run_hook(
 ) -> int:
     """Entry point for the CLI. Always returns 0."""
     try:
-        payload = json.loads(stdin_text) if stdin_text.strip() else {}
+        try:
+            payload = json.loads(stdin_text) if stdin_text.strip() else {}
+        except ValueError as exc:
+            log.warning("hook %s: input is not JSON (%s); ignored", event, exc)
+            return 0
         if not isinstance(payload, dict):
-            raise ValueError("hook input is not a JSON object")
+            log.warning("hook %s: input is not a JSON object; ignored", event)
+            return 0
         event = event or payload.get("hook_event_name")
         if event not in EVENTS:
             log.info("ignoring hook event %r", event)
             return 0
-        store = AgentStore.in_dir(config.data_dir)
+        store = _open_store(config)
         try:
             asyncio.run(Hooks(config, store, env).handle(event, payload))
         finally:
@@ -62,12 +73,29 @@ def run_hook(
     return 0
 
 
+def _open_store(config: AgentConfig) -> AgentStore:
+    """Open the store one hook process at a time.
+
+    Hooks start together (async Stop and Notification, several sessions resumed at once); on a
+    fresh store two of them would both create the schema, and the loser's failed migration
+    keeps the database locked until it exits.
+    """
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if fcntl is None:
+        return AgentStore.in_dir(data_dir)
+    with open(data_dir / f"{AGENT_DB}.open-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return AgentStore.in_dir(data_dir)
+
+
 class Hooks:
     def __init__(self, config: AgentConfig, store: AgentStore, env: Mapping[str, str]) -> None:
         self.config = config
         self.store = store
         self.env = env
         self.machine_id = machine_id_of(config)
+        self.server_down = False  # once a call found the server unreachable, make no more
 
     async def handle(self, event: str, payload: dict[str, Any]) -> None:
         session_id = payload.get("session_id")
@@ -89,23 +117,45 @@ class Hooks:
     async def _on_SessionStart(
         self, api: ServerAPI, session_id: str, payload: dict[str, Any]
     ) -> None:
+        if await self._bind(api, session_id, payload) is None:
+            log.info("session %s is not in tmux ($TMUX_PANE unset); not registered", session_id)
+
+    async def _bind(
+        self, api: ServerAPI, session_id: str, payload: dict[str, Any], *, displace: bool = True
+    ) -> dict[str, Any] | None:
+        """Record session -> pane from ``$TMUX_PANE`` / ``$TMUX`` and register the session.
+
+        None outside tmux. A session previously bound to the same pane is removed and unregistered
+        (with ``displace=False`` this session is not bound instead: None).
+        Once the server proves unreachable no further call is made (the hook stays within its
+        budget); the agent's re-register on open catches up.
+        """
         pane = self.env.get("TMUX_PANE")
         if not pane:
-            log.info("session %s is not in tmux ($TMUX_PANE unset); not registered", session_id)
-            return
-        tmux = self.env.get("TMUX", "")
-        socket = tmux.split(",")[0] or None
-        cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else None
-        label = PurePath(cwd).name if cwd else None
-        displaced = self.store.bind_session(session_id, pane, socket, cwd, label or None)
+            return None
+        socket = self.env.get("TMUX", "").split(",")[0] or None
+        if not displace and any(
+            s["pane"] == pane and s["tmux_socket"] == socket for s in self.store.sessions()
+        ):
+            log.info("pane %s belongs to another session; %s not bound", pane, session_id)
+            return None
+        cwd = _cwd(payload)
+        label = (PurePath(cwd).name if cwd else "") or None
+        displaced = self.store.bind_session(session_id, pane, socket, cwd, label)
         log.info("session %s bound to pane %s", session_id, pane)
-        if not self.config.server_url:
-            return
-        for old in displaced:
-            await _quietly(api.unregister(old), f"unregister displaced session {old}")
-        await _quietly(
-            api.register(session_id, self.machine_id, label or None), f"register {session_id}"
-        )
+        if self.config.server_url:
+            try:
+                for old in displaced:
+                    await api.unregister(old)
+                await api.register(session_id, self.machine_id, label)
+            except ServerUnavailable as exc:
+                self.server_down = True
+                log.warning(
+                    "server unreachable (%s); the agent registers %s later", exc, session_id
+                )
+            except ServerRefused as exc:
+                log.warning("registering session %s failed: %s", session_id, exc)
+        return self.store.session(session_id)
 
     async def _on_Stop(self, api: ServerAPI, session_id: str, payload: dict[str, Any]) -> None:
         body = payload.get("last_assistant_message")
@@ -139,15 +189,21 @@ class Hooks:
             log.warning("agent.chat_id (CCR_CHAT_ID) is not set; notification not sent")
             return
         local = self.store.session(session_id)
-        cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else None
-        cwd = cwd or (local or {}).get("cwd")
+        if local is None:
+            # SessionStart never reached us (hooks installed mid-session, store wiped): bind now,
+            # or a reply could not be typed anywhere; but a late hook of an ended session must
+            # not take the pane from the session that lives there now.
+            local = await self._bind(api, session_id, payload, displace=False)
+        cwd = _cwd(payload) or (local or {}).get("cwd")
         label = (local or {}).get("label") or (PurePath(cwd).name if cwd else session_id[:8])
         request = {
             "sessionId": session_id,
             "chatId": chat_id,
-            "text": notification_text(kind, label, body, cwd, self.machine_id),
+            "text": notification_text(kind, label, clip_body(body), cwd, self.machine_id),
         }
         try:
+            if self.server_down:
+                raise ServerUnavailable("server unreachable")
             try:
                 await api.notify(request)
             except ServerRefused as exc:
@@ -168,6 +224,11 @@ async def _quietly(call: Any, what: str) -> None:
         await call
     except (ServerUnavailable, ServerRefused) as exc:
         log.warning("%s failed: %s", what, exc)
+
+
+def _cwd(payload: dict[str, Any]) -> str | None:
+    cwd = payload.get("cwd")
+    return cwd if isinstance(cwd, str) and cwd else None
 
 
 def hook_log_path(config: AgentConfig) -> str:

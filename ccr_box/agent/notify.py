@@ -9,6 +9,9 @@ STOP = "🤖 Stop"
 NEEDS_INPUT = "❓ Needs input"
 FALLBACK_BODY = "Task completed"
 TRANSCRIPT_TAIL_BYTES = 2 * 1024 * 1024  # scan at most the last 2 MiB of a transcript
+# The server sends at most 10 chunks of 4,096 (§8.3) and takes at most 1 MiB of JSON: a longer body
+# is clipped here so the footer survives and the request is never refused.
+MAX_BODY_CHARS = 30_000
 
 
 def short_cwd(cwd: str | None) -> str:
@@ -17,6 +20,19 @@ def short_cwd(cwd: str | None) -> str:
         return "?"
     parts = [p for p in PurePath(cwd).parts if p not in ("/", "")]
     return "/".join(parts[-2:]) if parts else cwd
+
+
+def clip_body(body: str, limit: int = MAX_BODY_CHARS) -> str:
+    """A body short enough for one request (a huge one would be refused with 413 and lost).
+
+    Keeps the beginning and, larger, the end (where Claude's question usually is).
+    """
+    if len(body) <= limit:
+        return body
+    head = limit // 3
+    tail = limit - head
+    omitted = len(body) - head - tail
+    return f"{body[:head]}\n\n[… {omitted} characters omitted …]\n\n{body[-tail:]}"
 
 
 def notification_text(kind: str, label: str, body: str, cwd: str | None, machine_id: str) -> str:
@@ -61,6 +77,8 @@ def _assistant_text(raw: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(entry, dict) or entry.get("type") != "assistant":
+        return None
+    if entry.get("isSidechain") is True:  # a sub-agent's turn, not Claude's answer to the user
         return None
     message = entry.get("message")
     content = message.get("content") if isinstance(message, dict) else None

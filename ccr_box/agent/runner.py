@@ -79,6 +79,7 @@ class Agent:
         self.connected = asyncio.Event()  # set while a connection is open (tests, status)
         self._last_pong = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._notify_lock = asyncio.Lock()  # one pass over the stored notifications at a time
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -158,24 +159,46 @@ class Agent:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
         self._last_pong = time.monotonic()  # the pong clock starts at open (§11.1)
-        heartbeat = asyncio.create_task(self._heartbeat(ws), name="agent-heartbeat")
+        expired = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(ws, expired), name="agent-heartbeat")
+        retry = asyncio.create_task(self._retry_notifications(), name="agent-notify-retry")
         self._spawn(self._on_open())
         try:
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    await self._on_frame(ws, msg.data)
+                    try:
+                        await self._on_frame(ws, msg.data)
+                    except Exception:  # e.g. the inbox write failed: no ack, the server re-sends
+                        log.exception("handling a frame failed")
+                elif msg.type == aiohttp.WSMsgType.CLOSE:  # the server closed (already answered)
+                    return msg.data, msg.extra or ""
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     return ws.close_code, f"error: {type(msg.data).__name__}"
-            return ws.close_code, _close_reason(ws)
+                else:  # CLOSING (our own heartbeat close) or CLOSED
+                    break
         finally:
+            if expired.is_set():  # let the heartbeat finish its 4001 close (bounded by itself)
+                await asyncio.wait({heartbeat}, timeout=self.settings.close_timeout_s + 1)
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            retry.cancel()
+            await asyncio.gather(heartbeat, retry, return_exceptions=True)
+        if expired.is_set():
+            return HEARTBEAT_TIMEOUT, "heartbeat-timeout"
+        return ws.close_code, _close_reason(ws)
 
-    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, expired: asyncio.Event) -> None:
+        """Ping every ``ping_interval_s``; no pong for more than ``pong_timeout_s`` -> close 4001.
+
+        Real time on purpose (like the pong clock): the injectable ``sleep`` is for reconnect waits.
+        """
+        interval, limit = self.settings.ping_interval_s, self.settings.pong_timeout_s
+        next_ping = time.monotonic() + interval
         while not ws.closed:
-            await self._sleep(self.settings.ping_interval_s)
-            if time.monotonic() - self._last_pong > self.settings.pong_timeout_s:
-                log.warning("no pong for %.0fs; reconnecting", self.settings.pong_timeout_s)
+            now = time.monotonic()
+            if now - self._last_pong > limit:
+                log.warning("no pong for %gs; reconnecting", limit)
+                expired.set()
                 try:
                     await asyncio.wait_for(
                         ws.close(code=HEARTBEAT_TIMEOUT, message=b"heartbeat-timeout"),
@@ -184,10 +207,15 @@ class Agent:
                 except TimeoutError:
                     pass
                 return
-            try:
-                await ws.send_str(protocol.PING)
-            except (ConnectionError, RuntimeError):
-                return
+            if now >= next_ping:
+                next_ping = now + interval
+                try:
+                    await ws.send_str(protocol.PING)
+                except (ConnectionError, RuntimeError):
+                    return
+                continue
+            # Wake for the next ping or just after the pong deadline, whichever comes first.
+            await asyncio.sleep(min(next_ping, self._last_pong + limit) - now + 0.001)
 
     async def _on_open(self) -> None:
         """Re-register live local sessions, then send stored results and notifications (§11.1)."""
@@ -280,7 +308,20 @@ class Agent:
                 log.warning("re-registering session %s failed: %s", session["session_id"], exc)
                 return
 
+    async def _retry_notifications(self) -> None:
+        """While connected, retry notifications a hook (or this agent) could not deliver."""
+        while True:
+            await asyncio.sleep(self.settings.notification_retry_s)
+            try:
+                await self._send_pending_notifications()
+            except Exception:
+                log.exception("retrying stored notifications failed")
+
     async def _send_pending_notifications(self) -> None:
+        async with self._notify_lock:
+            await self._send_pending_notifications_now()
+
+    async def _send_pending_notifications_now(self) -> None:
         assert self._api is not None
         for item in await self._store.call("pending_notifications"):
             try:
@@ -303,7 +344,18 @@ class Agent:
             "text": interrupted_text(text, self.settings.machine_id),
         }
         try:
-            await self._api.notify(body)
+            try:
+                await self._api.notify(body)
+            except ServerRefused as exc:
+                # The server forgot the session (restart on a new data dir, retention) and this
+                # runs before the re-register on open: register it now and retry once.
+                session = await self._store.call("session", row["session_id"])
+                if exc.status != 404 or session is None:
+                    raise
+                await self._api.register(
+                    row["session_id"], self.settings.machine_id, session["label"]
+                )
+                await self._api.notify(body)
         except ServerUnavailable as exc:
             await self._store.call("keep_notification", row["session_id"], body, str(exc))
         except ServerRefused as exc:

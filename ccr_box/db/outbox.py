@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
+from contextlib import closing
 from typing import Any
-
-import aiosqlite
 
 from ccr_box import limits
 
@@ -13,8 +13,8 @@ SENT_TTL_MS = limits.ACKED_TTL_MS
 FAILED_TTL_MS = limits.DEAD_TTL_MS
 
 
-async def add(
-    conn: aiosqlite.Connection,
+def add(
+    conn: sqlite3.Connection,
     notification_id: str,
     session_id: str,
     chat_id: str,
@@ -35,23 +35,24 @@ async def add(
         (notification_id, seq, session_id, chat_id, token, text, entities, markup, now, due)
         for seq, text, entities, markup in chunks
     ]
-    await conn.executemany(
+    conn.executemany(
         "INSERT INTO outbox (notification_id, seq, session_id, chat_id, token, text, entities,"
         " reply_markup, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
     if rows and first_error is not None:
-        await conn.execute(
+        conn.execute(
             "UPDATE outbox SET attempts = 1, last_error = ? WHERE notification_id = ? AND seq = ?",
             (first_error[:500], notification_id, rows[0][1]),
         )
     return len(rows)
 
 
-async def due(conn: aiosqlite.Connection, now: int, limit: int = 50) -> list[dict[str, Any]]:
+def due(conn: sqlite3.Connection, now: int, limit: int = 50) -> list[dict[str, Any]]:
     """Pending chunks of notifications whose first pending chunk is due, in send order."""
-    async with conn.execute(
-        """
+    with closing(
+        conn.execute(
+            """
         SELECT o.* FROM outbox o
          WHERE o.status = 'pending' AND o.notification_id IN (
                SELECT h.notification_id FROM outbox h
@@ -62,55 +63,54 @@ async def due(conn: aiosqlite.Connection, now: int, limit: int = 50) -> list[dic
          ORDER BY o.id
          LIMIT :limit
         """,
-        {"now": now, "limit": limit},
+            {"now": now, "limit": limit},
+        )
     ) as cur:
-        return [dict(r) for r in await cur.fetchall()]
+        return [dict(r) for r in cur.fetchall()]
 
 
-async def mark_sent(conn: aiosqlite.Connection, row_id: int, message_id: int, now: int) -> None:
-    await conn.execute(
+def mark_sent(conn: sqlite3.Connection, row_id: int, message_id: int, now: int) -> None:
+    conn.execute(
         "UPDATE outbox SET status = 'sent', sent_at = ?, message_id = ?, attempts = attempts + 1,"
         " last_error = NULL WHERE id = ?",
         (now, message_id, row_id),
     )
 
 
-async def mark_retry(
-    conn: aiosqlite.Connection, row_id: int, error: str, next_attempt_at: int
-) -> None:
-    await conn.execute(
+def mark_retry(conn: sqlite3.Connection, row_id: int, error: str, next_attempt_at: int) -> None:
+    conn.execute(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
         " WHERE id = ?",
         (error[:500], next_attempt_at, row_id),
     )
 
 
-async def mark_failed(conn: aiosqlite.Connection, notification_id: str, error: str) -> None:
+def mark_failed(conn: sqlite3.Connection, notification_id: str, error: str) -> None:
     """Telegram refused a chunk for good: the rest of that notification cannot follow."""
-    await conn.execute(
+    conn.execute(
         "UPDATE outbox SET status = 'failed', last_error = ? WHERE notification_id = ?"
         " AND status = 'pending'",
         (error[:500], notification_id),
     )
 
 
-async def list_rows(
-    conn: aiosqlite.Connection, *, status: str | None = None, limit: int = 100
+def list_rows(
+    conn: sqlite3.Connection, *, status: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-    async with conn.execute(
-        f"SELECT * FROM outbox {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+    with closing(
+        conn.execute(f"SELECT * FROM outbox {where} ORDER BY id DESC LIMIT ?", (*params, limit))
     ) as cur:
-        return [dict(r) for r in await cur.fetchall()]
+        return [dict(r) for r in cur.fetchall()]
 
 
-async def count_pending(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'") as cur:
-        return int((await cur.fetchone())[0])
+def count_pending(conn: sqlite3.Connection) -> int:
+    with closing(conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")) as cur:
+        return int((cur.fetchone())[0])
 
 
-async def delete_finished(conn: aiosqlite.Connection, now: int) -> int:
-    cur = await conn.execute(
+def delete_finished(conn: sqlite3.Connection, now: int) -> int:
+    cur = conn.execute(
         "DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"
         " OR (status = 'failed' AND created_at < ?)",
         (now - SENT_TTL_MS, now - FAILED_TTL_MS),

@@ -5,7 +5,8 @@ Append new migrations to ``MIGRATIONS``; never edit one that has shipped.
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
+from contextlib import closing
 
 from ccr_box.errors import SchemaTooNewError
 
@@ -104,10 +105,10 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-async def migrate(conn: aiosqlite.Connection, path: str) -> int:
+def migrate(conn: sqlite3.Connection, path: str) -> int:
     """Bring the database up to ``SCHEMA_VERSION``; refuse one written by a newer ccr-box."""
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+    with closing(conn.execute("PRAGMA user_version")) as cursor:
+        row = cursor.fetchone()
     version = row[0] if row else 0
     if version > SCHEMA_VERSION:
         raise SchemaTooNewError(
@@ -116,7 +117,7 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> int:
         )
     for number in range(version, SCHEMA_VERSION):
         # executescript commits on its own; the version bump rides in the same script.
-        await conn.executescript(
+        conn.executescript(
             "BEGIN IMMEDIATE;\n"
             + MIGRATIONS[number]
             + f"\nPRAGMA user_version = {number + 1};\nCOMMIT;"

@@ -18,8 +18,8 @@ MAX_LIMIT = 500
 async def machines(request: web.Request) -> web.Response:
     db, hub = request.app[keys.DB], request.app[keys.HUB]
 
-    async def job(c: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
-        return await updates_db.list_machines(c), await q.counts_by_machine(c)
+    def job(c: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+        return updates_db.list_machines(c), q.counts_by_machine(c)
 
     history, counts = await db.read(job)
     connected = hub.connected()
@@ -73,13 +73,13 @@ async def retry(request: web.Request) -> web.Response:
     command_id = request.match_info["command_id"]
     now = request.app[keys.CLOCK].now_ms()
 
-    async def job(c: Any) -> str:
-        row = await q.get(c, command_id)
+    def job(c: Any) -> str:
+        row = q.get(c, command_id)
         if row is None:
             raise _Refused(404, "Command not found")
         if row["status"] != "dead":
             raise _Refused(409, "Command is not dead")
-        await q.revive(c, command_id, now)
+        q.revive(c, command_id, now)
         return row["machine_id"]
 
     return await _apply(request, job)
@@ -95,16 +95,16 @@ async def reassign(request: web.Request) -> web.Response:
     command_id = request.match_info["command_id"]
     now = request.app[keys.CLOCK].now_ms()
 
-    async def job(c: Any) -> str:
-        row = await q.get(c, command_id)
+    def job(c: Any) -> str:
+        row = q.get(c, command_id)
         if row is None:
             raise _Refused(404, "Command not found")
-        session = await sessions_db.get(c, session_id)
+        session = sessions_db.get(c, session_id)
         if session is None:
             raise _Refused(404, "Session not found")
         if row["status"] not in ("pending", "dead"):
             raise _Refused(409, "Command is not pending or dead")
-        await q.revive(c, command_id, now, session_id=session_id, machine_id=session["machine_id"])
+        q.revive(c, command_id, now, session_id=session_id, machine_id=session["machine_id"])
         return session["machine_id"]
 
     return await _apply(request, job)
@@ -117,7 +117,7 @@ async def _apply(request: web.Request, job: Any) -> web.Response:
         return json_error(refused.status, refused.error)
     hub = request.app[keys.HUB]
     if hub.is_connected(machine_id):
-        await hub.flush(machine_id)
+        await hub.flush_soon(machine_id)
     return web.json_response({"ok": True})
 
 

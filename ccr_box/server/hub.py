@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ccr_box import protocol
+from ccr_box import limits, protocol
 from ccr_box.clock import Clock
 from ccr_box.db import Database
 from ccr_box.db import queue as q
@@ -47,6 +47,20 @@ class AgentConnection:
     # aiohttp drops the TCP connection unanswered when close() races a pending receive()).
     close_requested: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # detached and recorded
+    # ack/commandResult handling runs beside the read loop so a burst of acks shares one group
+    # commit; a ping waits for them, so a pong still means "every earlier frame is processed".
+    frame_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.frame_tasks.add(task)
+        task.add_done_callback(self.frame_tasks.discard)
+        task.add_done_callback(_log_frame_failure)
+
+    async def settle(self) -> None:
+        """Wait until every frame received so far has been handled."""
+        while self.frame_tasks:
+            await asyncio.gather(*self.frame_tasks, return_exceptions=True)
 
     async def send(self, text: str) -> None:
         if self.ws.closed:
@@ -65,7 +79,8 @@ class Hub:
         self.boot_id = boot_id
         self._current: dict[str, AgentConnection] = {}
         self._flush_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._closing: set[asyncio.Task[None]] = set()  # replaced sockets closing in background
+        self._closing: set[asyncio.Task[None]] = set()  # background closes and flush passes
+        self._next_pass: dict[str, asyncio.Future[None]] = {}  # flush_soon's not-yet-started pass
 
     # -- presence -----------------------------------------------------------------------------
 
@@ -89,11 +104,11 @@ class Hub:
                 task.add_done_callback(self._closing.discard)
             now = self._clock.now_ms()
 
-            async def job(db: Any) -> None:
-                await q.requeue_sent(db, conn.machine_id, now)
-                await updates_db.machine_connected(db, conn.machine_id, now)
+            def job(db: Any) -> None:
+                q.requeue_sent(db, conn.machine_id, now)
+                updates_db.machine_connected(db, conn.machine_id, now)
 
-            await self._db.write(job)
+            await self._db.write(job, durable=False)
             await conn.send(protocol.boot(self.boot_id))
         await self.flush(conn.machine_id)
 
@@ -114,7 +129,8 @@ class Hub:
         # closed); the presence record must still be written.
         record = asyncio.ensure_future(
             self._db.write(
-                lambda db: updates_db.machine_disconnected(db, conn.machine_id, now, code, reason)
+                lambda db: updates_db.machine_disconnected(db, conn.machine_id, now, code, reason),
+                durable=False,
             )
         )
         record.add_done_callback(_log_record_failure)
@@ -138,33 +154,73 @@ class Hub:
     async def flush(self, machine_id: str) -> int:
         """Send due rows of one machine on its current connection (§6.3). Returns rows sent."""
         async with self._flush_locks[machine_id]:
-            conn = self._current.get(machine_id)
-            if conn is None or conn.ws.closed:
-                return 0
-            now = self._clock.now_ms()
-            rows = await self._db.read(lambda db: q.due_for_flush(db, machine_id, now))
-            if not rows:
-                return 0
-            sent: list[str] = []
-            failed: list[tuple[str, str]] = []
-            for row in rows:
-                try:
-                    await conn.send(protocol.command_frame(row))
-                except Exception as exc:  # the transport raised: backoff (§6.4)
-                    failed.append((row["command_id"], f"{type(exc).__name__}: {exc}"[:200]))
-                else:
-                    sent.append(row["command_id"])
+            return await self._flush_locked(machine_id)
 
-            async def job(db: Any) -> None:
-                if sent:
-                    await q.mark_sent(db, sent, now)
-                for command_id, error in failed:
-                    await q.mark_send_failed(db, command_id, error, now)
+    async def flush_soon(self, machine_id: str) -> None:
+        """A coalesced flush: every caller waiting for the same pass shares it.
 
-            await self._db.write(job)
-            if failed:
-                log.warning("send to %s failed for %d command(s)", machine_id, len(failed))
-            return len(sent)
+        Returns once a pass that started after this call has finished, so a caller's own rows
+        are covered; a burst of acks or replies costs one pass, not one each.
+        """
+        pending = self._next_pass.get(machine_id)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._next_pass[machine_id] = pending
+            task = asyncio.create_task(self._run_pass(machine_id, pending))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        await asyncio.shield(pending)
+
+    async def settled(self) -> None:
+        """Wait until no background flush or close is running (tests, shutdown)."""
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    def kick(self, machine_id: str) -> None:
+        """Start a coalesced flush without waiting for it."""
+        if machine_id not in self._next_pass:
+            task = asyncio.create_task(self.flush_soon(machine_id))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _run_pass(self, machine_id: str, done: asyncio.Future[None]) -> None:
+        try:
+            async with self._flush_locks[machine_id]:
+                if self._next_pass.get(machine_id) is done:
+                    del self._next_pass[machine_id]  # later callers need a later pass
+                # A full batch may leave more due rows: keep going until the in-flight limit
+                # or an empty selection stops it, so a burst does not wait for the next ack.
+                while await self._flush_locked(machine_id) == limits.MAX_FLUSH_BATCH:
+                    pass
+        except Exception:
+            log.exception("flush of %s failed", machine_id)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    async def _flush_locked(self, machine_id: str) -> int:
+        conn = self._current.get(machine_id)
+        if conn is None or conn.ws.closed:
+            return 0
+        now = self._clock.now_ms()
+        # Claim first (one write), then send: a crash in between leaves rows `sent`, which the
+        # 60 s re-send or the next connection's re-queue delivers again; the agent de-duplicates.
+        rows = await self._db.write(lambda db: q.claim_due(db, machine_id, now), durable=False)
+        failed: list[tuple[dict[str, Any], str]] = []
+        for row in rows:
+            try:
+                await conn.send(protocol.command_frame(row))
+            except Exception as exc:  # the transport raised: backoff (§6.4)
+                failed.append((row, f"{type(exc).__name__}: {exc}"[:200]))
+        if failed:
+            log.warning("send to %s failed for %d command(s)", machine_id, len(failed))
+
+            def undo(db: Any) -> None:
+                for row, error in failed:
+                    q.unclaim_failed(db, row, error, now)
+
+            await self._db.write(undo, durable=False)
+        return len(rows) - len(failed)
 
     async def flush_all(self) -> None:
         for machine_id in list(self.connected()):
@@ -175,14 +231,14 @@ class Hub:
     async def on_ack(self, conn: AgentConnection, command_id: str) -> None:
         now = self._clock.now_ms()
         before = await self._db.write(
-            lambda db: q.acknowledge(db, command_id, conn.machine_id, now)
+            lambda db: q.acknowledge(db, command_id, conn.machine_id, now), durable=False
         )
         if before is None:
             log.debug("ack for unknown command %s from %s", command_id, conn.machine_id)
             return
         if before["status"] == "dead":
             await self._tell_reached(before)
-        await self.flush(conn.machine_id)
+        await self.flush_soon(conn.machine_id)
 
     async def on_result(self, conn: AgentConnection, result: protocol.CommandResult) -> None:
         now = self._clock.now_ms()
@@ -190,16 +246,14 @@ class Hub:
         first = False
         if result.command_id is not None:
 
-            async def job(db: Any) -> tuple[dict[str, Any] | None, bool]:
-                before = await q.acknowledge(db, result.command_id, conn.machine_id, now)
+            def job(db: Any) -> tuple[dict[str, Any] | None, bool]:
+                before = q.acknowledge(db, result.command_id, conn.machine_id, now)
                 if before is None:
                     return None, False
-                stored = await q.store_result(
-                    db, result.command_id, result.success, result.error, now
-                )
+                stored = q.store_result(db, result.command_id, result.success, result.error, now)
                 return before, stored
 
-            row, first = await self._db.write(job)
+            row, first = await self._db.write(job, durable=False)
             if row is not None and not first:
                 return  # a second result for the same row: ignored, no second message
         if row is not None and row["status"] == "dead":
@@ -208,7 +262,7 @@ class Hub:
             chat_id = row["chat_id"] if row is not None else result.chat_id
             self._notifier.send_text(chat_id, texts.command_failed(result.error))
         if row is not None:
-            await self.flush(conn.machine_id)
+            await self.flush_soon(conn.machine_id)
 
     async def _tell_reached(self, row: dict[str, Any]) -> None:
         session = None
@@ -217,6 +271,11 @@ class Hub:
         self._notifier.send_text(
             row["chat_id"], texts.reached_after_all(texts.target(session, row["machine_id"]))
         )
+
+
+def _log_frame_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("handling a frame failed", exc_info=task.exception())
 
 
 def _log_record_failure(task: asyncio.Future[None]) -> None:

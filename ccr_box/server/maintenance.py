@@ -87,11 +87,11 @@ class Maintenance:
         now = self._clock.now_ms()
         ttl_ms = self._config.current.server.session_ttl_days * limits.DAY_MS
 
-        async def job(db: Any) -> None:
-            await updates_db.delete_older_than(db, now - limits.SEEN_UPDATES_TTL_MS)
-            await q.delete_finished(db, now)
-            await sessions_db.delete_expired(db, now - ttl_ms)
-            await outbox_db.delete_finished(db, now)
+        def job(db: Any) -> None:
+            updates_db.delete_older_than(db, now - limits.SEEN_UPDATES_TTL_MS)
+            q.delete_finished(db, now)
+            sessions_db.delete_expired(db, now - ttl_ms)
+            outbox_db.delete_finished(db, now)
 
         await self._db.write(job)
 

@@ -133,13 +133,13 @@ async def send_notification(request: web.Request) -> web.Response:
             delay = max(delay, int(transient.retry_after * 1000))
         retry_at = now + delay
 
-    async def job(c: Any) -> None:
-        await sessions_db.touch(c, req.session_id, now)
-        await sessions_db.map_messages(
+    def job(c: Any) -> None:
+        sessions_db.touch(c, req.session_id, now)
+        sessions_db.map_messages(
             c, [(req.chat_id, mid, req.session_id, token) for mid in sent], now
         )
         if unsent:
-            await outbox_db.add(
+            outbox_db.add(
                 c,
                 secrets.token_hex(8),
                 req.session_id,

@@ -86,9 +86,9 @@ class OutboxSender:
         now = self._clock.now_ms()
         message_id = int(message["message_id"])
 
-        async def job(c: Any) -> None:
-            await outbox_db.mark_sent(c, row["id"], message_id, now)
-            await sessions_db.map_messages(
+        def job(c: Any) -> None:
+            outbox_db.mark_sent(c, row["id"], message_id, now)
+            sessions_db.map_messages(
                 c, [(row["chat_id"], message_id, row["session_id"], row["token"])], now
             )
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiosqlite
 
 from ccr_box import limits
 from ccr_box.clock import Clock
@@ -59,6 +58,7 @@ class Context:
     message: dict[str, Any] | None
     callback: dict[str, Any] | None
     thread_id: int | None
+    online: frozenset[str] = frozenset()  # connected machines when the update arrived
 
 
 class Pipeline:
@@ -81,16 +81,14 @@ class Pipeline:
     async def process(self, update: dict[str, Any]) -> None:
         """Handle one update. Raises only for internal errors (the update was rolled back)."""
         ctx = _context(update)
-        if ctx.update_id is not None and await self._db.read(
-            lambda db: updates_db.seen(db, ctx.update_id)
-        ):
-            return
         now = self._clock.now_ms()
+        # The job runs on the database thread: it gets a snapshot of presence, not the hub.
+        ctx.online = frozenset(self._hub.connected())
 
-        async def job(db: aiosqlite.Connection) -> Outcome:
-            if ctx.update_id is not None and not await updates_db.record(db, ctx.update_id, now):
+        def job(db: sqlite3.Connection) -> Outcome:
+            if ctx.update_id is not None and not updates_db.record(db, ctx.update_id, now):
                 raise Duplicate
-            return await self._decide(db, ctx, now)
+            return self._decide(db, ctx, now)
 
         try:
             outcome = await self._db.write(job)
@@ -98,18 +96,18 @@ class Pipeline:
             return
         self._after_commit(ctx, outcome)
         if outcome.enqueued_machine is not None:
-            await self._flush_or_notice(ctx, outcome)
+            self._flush_or_notice(ctx, outcome)
 
     # -- decisions (inside the outcome transaction) --------------------------------------------
 
-    async def _decide(self, db: aiosqlite.Connection, ctx: Context, now: int) -> Outcome:
+    def _decide(self, db: sqlite3.Connection, ctx: Context, now: int) -> Outcome:
         if not self._allowed(ctx):
             log.info("update from a chat/user that is not allowed: chat=%s", ctx.chat_id)
             return Outcome(answer=None if ctx.callback is not None else _NO_ANSWER)
         if ctx.message is not None:
-            return await self._message(db, ctx, now)
+            return self._message(db, ctx, now)
         if ctx.callback is not None:
-            return await self._callback(db, ctx, now)
+            return self._callback(db, ctx, now)
         return Outcome()  # other update types: recorded, silent
 
     def _allowed(self, ctx: Context) -> bool:
@@ -118,24 +116,22 @@ class Pipeline:
             return False
         return not tg.allowed_user_ids or ctx.user_id in tg.allowed_user_ids
 
-    async def _message(self, db: aiosqlite.Connection, ctx: Context, now: int) -> Outcome:
+    def _message(self, db: sqlite3.Connection, ctx: Context, now: int) -> Outcome:
         message = ctx.message or {}
         text = message.get("text")
         if not isinstance(text, str):
             reply_id = _reply_id(message)
-            if reply_id is not None and await sessions_db.session_for_reply(
-                db, ctx.chat_id, reply_id
-            ):
+            if reply_id is not None and sessions_db.session_for_reply(db, ctx.chat_id, reply_id):
                 return Outcome(texts=[texts.ONLY_TEXT])
             return Outcome()
         match = BOT_COMMAND.match(text)
         if match:
-            return await self._bot_command(db, ctx, text, match, now)
+            return self._bot_command(db, ctx, text, match, now)
         command = text[1:] if text.startswith("//") else text
-        return await self._route(db, ctx, command, None, now)
+        return self._route(db, ctx, command, None, now)
 
-    async def _bot_command(
-        self, db: aiosqlite.Connection, ctx: Context, text: str, match: re.Match[str], now: int
+    def _bot_command(
+        self, db: sqlite3.Connection, ctx: Context, text: str, match: re.Match[str], now: int
     ) -> Outcome:
         name = match.group(1)
         suffix = match.group(2)
@@ -147,45 +143,45 @@ class Pipeline:
             form = CMD_FORM.match(text)
             if not form:
                 return Outcome(texts=[texts.NO_SESSION])
-            return await self._route(db, ctx, form.group(3), form.group(2), now)
+            return self._route(db, ctx, form.group(3), form.group(2), now)
         if lowered in ("help", "start"):
             return Outcome(texts=[texts.HELP])
         if lowered == "sessions":
-            rows = await sessions_db.live_in_chat(db, ctx.chat_id)
-            online = set(self._hub.connected())
+            rows = sessions_db.live_in_chat(db, ctx.chat_id)
+            online = set(ctx.online)
             return Outcome(texts=[texts.live_sessions(rows, online, now)])
         if lowered in ("launch", "kill") and self._config.current.server.enable_launch:
-            return await self._launch_or_kill(db, ctx, lowered, text[match.end() :], now)
+            return self._launch_or_kill(db, ctx, lowered, text[match.end() :], now)
         return Outcome(texts=[texts.unknown_command(name)])
 
-    async def _route(
-        self, db: aiosqlite.Connection, ctx: Context, command: str, token: str | None, now: int
+    def _route(
+        self, db: sqlite3.Connection, ctx: Context, command: str, token: str | None, now: int
     ) -> Outcome:
         session_id = None
         reply_id = _reply_id(ctx.message or {})
         if reply_id is not None:
-            session_id = await sessions_db.session_for_reply(db, ctx.chat_id, reply_id)
+            session_id = sessions_db.session_for_reply(db, ctx.chat_id, reply_id)
         if session_id is None and token is not None:
-            session_id = await sessions_db.session_for_token(db, token, ctx.chat_id)
+            session_id = sessions_db.session_for_token(db, token, ctx.chat_id)
         if session_id is None:
             return Outcome(texts=[texts.NO_SESSION])
-        return await self._enqueue_execute(db, ctx, session_id, command, now)
+        return self._enqueue_execute(db, ctx, session_id, command, now)
 
-    async def _enqueue_execute(
-        self, db: aiosqlite.Connection, ctx: Context, session_id: str, command: str, now: int
+    def _enqueue_execute(
+        self, db: sqlite3.Connection, ctx: Context, session_id: str, command: str, now: int
     ) -> Outcome:
         length = utf16_len(command)
         if length > limits.MAX_COMMAND_LENGTH:
             return Outcome(texts=[texts.too_long(length)])
-        session = await sessions_db.get(db, session_id)
+        session = sessions_db.get(db, session_id)
         if session is None:
             return Outcome(texts=[texts.SESSION_NOT_FOUND])
         machine_id = session["machine_id"]
         target = texts.target(session, machine_id)
-        active = await q.count_active(db, machine_id)
+        active = q.count_active(db, machine_id)
         if active >= limits.MAX_QUEUE_PER_MACHINE:
             return Outcome(texts=[texts.queue_full(target, active)])
-        await q.enqueue(
+        q.enqueue(
             db,
             q.NewCommand(
                 command_id=secrets.token_hex(16),
@@ -197,10 +193,10 @@ class Pipeline:
             ),
             now,
         )
-        await sessions_db.touch(db, session_id, now)
+        sessions_db.touch(db, session_id, now)
         return Outcome(enqueued_machine=machine_id, target=target)
 
-    async def _callback(self, db: aiosqlite.Connection, ctx: Context, now: int) -> Outcome:
+    def _callback(self, db: sqlite3.Connection, ctx: Context, now: int) -> Outcome:
         data = (ctx.callback or {}).get("data")
         if not isinstance(data, str) or not data.startswith("cmd:"):
             return Outcome(answer=None)
@@ -208,24 +204,24 @@ class Pipeline:
         if len(parts) < 3 or ctx.chat_id is None:
             return Outcome(answer=texts.SESSION_EXPIRED)
         token, action = parts[1], ":".join(parts[2:])
-        session_id = await sessions_db.session_for_token(db, token, ctx.chat_id) if token else None
+        session_id = sessions_db.session_for_token(db, token, ctx.chat_id) if token else None
         if session_id is None:
             return Outcome(answer=texts.SESSION_EXPIRED)
         command = BUTTON_ACTIONS.get(action, action)
-        outcome = await self._enqueue_execute(db, ctx, session_id, command, now)
+        outcome = self._enqueue_execute(db, ctx, session_id, command, now)
         # Errors are answered with their own text and also sent to the chat (CCR Worker).
         outcome.answer = outcome.texts[0] if outcome.texts else texts.COMMAND_SENT
         return outcome
 
-    async def _launch_or_kill(
-        self, db: aiosqlite.Connection, ctx: Context, name: str, args: str, now: int
+    def _launch_or_kill(
+        self, db: sqlite3.Connection, ctx: Context, name: str, args: str, now: int
     ) -> Outcome:
         words = args.split(maxsplit=2 if name == "launch" else 1)
         if name == "launch":
             if len(words) < 3:
                 return Outcome(texts=["Usage: /launch <machineId> <directory> <prompt>"])
             machine_id, directory, prompt = words
-            if not self._hub.is_connected(machine_id):
+            if machine_id not in ctx.online:
                 return Outcome(texts=[texts.not_connected(machine_id)])
             cmd = q.NewCommand(
                 command_id=secrets.token_hex(16),
@@ -242,11 +238,11 @@ class Pipeline:
             if not words:
                 return Outcome(texts=["Usage: /kill <sessionId>"])
             session_id = words[0]
-            session = await sessions_db.get(db, session_id)
+            session = sessions_db.get(db, session_id)
             if session is None:
                 return Outcome(texts=[texts.kill_unknown(session_id)])
             machine_id = session["machine_id"]
-            if not self._hub.is_connected(machine_id):
+            if machine_id not in ctx.online:
                 return Outcome(texts=[texts.not_connected(machine_id)])
             cmd = q.NewCommand(
                 command_id=secrets.token_hex(16),
@@ -258,7 +254,7 @@ class Pipeline:
                 update_id=ctx.update_id,
             )
             reply = texts.killing(session_id, machine_id)
-        await q.enqueue(db, cmd, now)
+        q.enqueue(db, cmd, now)
         return Outcome(texts=[reply], enqueued_machine=machine_id, target=machine_id)
 
     # -- after commit --------------------------------------------------------------------------
@@ -269,14 +265,12 @@ class Pipeline:
         for text in outcome.texts:
             self._notifier.send_text(ctx.chat_id, text, thread_id=ctx.thread_id)
 
-    async def _flush_or_notice(self, ctx: Context, outcome: Outcome) -> None:
+    def _flush_or_notice(self, ctx: Context, outcome: Outcome) -> None:
         machine_id = outcome.enqueued_machine
         assert machine_id is not None
         if self._hub.is_connected(machine_id):
-            try:
-                await self._hub.flush(machine_id)
-            except Exception:
-                log.exception("flush after enqueue failed for %s", machine_id)
+            # Not awaited: the 200 depends on the commit only; the send follows at once.
+            self._hub.kick(machine_id)
         else:
             self._notifier.send_text(
                 ctx.chat_id,

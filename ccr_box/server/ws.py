@@ -143,10 +143,11 @@ async def _handle_frame(hub, conn: AgentConnection, payload: str | bytes) -> Non
         log.debug("dropped a malformed frame from %s", conn.machine_id)
         return
     if isinstance(frame, protocol.Ping):
+        await conn.settle()
         await conn.send(protocol.PONG)
     elif isinstance(frame, protocol.Ack):
-        await hub.on_ack(conn, frame.command_id)
+        conn.spawn(hub.on_ack(conn, frame.command_id))
     elif isinstance(frame, protocol.CommandResult):
-        await hub.on_result(conn, frame)
+        conn.spawn(hub.on_result(conn, frame))
     else:
         log.debug("ignored frame type %r from %s", getattr(frame, "type", frame), conn.machine_id)
