@@ -15,6 +15,7 @@ import ast
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,16 @@ def tmux_dir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _new_server(socket: str, argv: list[str]) -> None:
+    """A private tmux server (no config file) whose only pane runs ``argv``."""
+    new_session = ("-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "200", "-y", "50")
+    subprocess.run(
+        ["tmux", "-S", socket, *new_session, shlex.join(argv)],
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "TMUX"},
+    )
+
+
 @pytest.fixture
 def start_pane(tmp_path: Path, tmux_dir: str):
     sockets: list[str] = []
@@ -141,15 +152,7 @@ def start_pane(tmp_path: Path, tmux_dir: str):
         reader = tmp_path / "reader.py"
         reader.write_text(READER)
         pane = Pane(socket, tmp_path / f"out{len(sockets)}.txt", mode)
-        command = " ".join(
-            [sys.executable, str(reader), str(pane.out), mode]
-        )  # tmux runs this shell-command; our paths contain no spaces
-        subprocess.run(
-            ["tmux", "-S", socket, "-f", "/dev/null", "new-session", "-d", "-s", "t"]
-            + ["-x", "200", "-y", "50", command],
-            check=True,
-            env={k: v for k, v in os.environ.items() if k != "TMUX"},
-        )
+        _new_server(socket, [sys.executable, str(reader), str(pane.out), mode])
         pane.id = pane.tmux("display-message", "-p", "-t", "t", "#{pane_id}")
         await poll(lambda: Path(str(pane.out) + ".ready").exists())
         return pane

@@ -26,7 +26,7 @@ from ccr_box.agent.notify import (
     last_assistant_text,
     notification_text,
 )
-from ccr_box.agent.store import AGENT_DB, AgentStore
+from ccr_box.agent.store import AgentStore
 from ccr_box.config import AgentConfig, default_machine_id
 
 try:
@@ -74,19 +74,9 @@ def run_hook(
 
 
 def _open_store(config: AgentConfig) -> AgentStore:
-    """Open the store one hook process at a time.
-
-    Hooks start together (async Stop and Notification, several sessions resumed at once); on a
-    fresh store two of them would both create the schema, and the loser's failed migration
-    keeps the database locked until it exits.
-    """
-    data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if fcntl is None:
-        return AgentStore.in_dir(data_dir)
-    with open(data_dir / f"{AGENT_DB}.open-lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return AgentStore.in_dir(data_dir)
+    """Open the shared store (AgentStore serialises concurrent opens of a fresh file)."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return AgentStore.in_dir(config.data_dir)
 
 
 class Hooks:

@@ -42,6 +42,7 @@ class AgentSettings:
     ping_interval_s: float = 30.0
     pong_timeout_s: float = 90.0
     close_timeout_s: float = 5.0
+    handshake_timeout_s: float = 15.0
     reconnect_cap_s: float = 30.0
     replaced_wait_s: float = 30.0
     notification_retry_s: float = 30.0
@@ -80,6 +81,11 @@ class Agent:
         self._last_pong = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notify_lock = asyncio.Lock()  # one pass over the stored notifications at a time
+        # Per connection: pings sent, pongs received, results sent but not yet confirmed by the
+        # pong to the ping sent right after them (ping number, commandId).
+        self._pings = 0
+        self._pongs = 0
+        self._unconfirmed: list[tuple[int, str]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -125,12 +131,16 @@ class Agent:
     async def _connect_once(self, http: aiohttp.ClientSession) -> tuple[int | None, str]:
         url = ws_url(self.settings.server_url, self.settings.machine_id)
         try:
-            ws = await http.ws_connect(
-                url,
-                protocols=("ccr", self.settings.api_key),
-                autoping=True,
-                max_msg_size=4 * 1024 * 1024,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
+            # A server that accepts TCP but never upgrades must not stall reconnecting.
+            ws = await asyncio.wait_for(
+                http.ws_connect(
+                    url,
+                    protocols=("ccr", self.settings.api_key),
+                    autoping=True,
+                    max_msg_size=4 * 1024 * 1024,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.close_timeout_s),
+                ),
+                self.settings.handshake_timeout_s,
             )
         except aiohttp.WSServerHandshakeError as exc:
             why = "API key refused" if exc.status == 401 else f"HTTP {exc.status}"
@@ -159,6 +169,7 @@ class Agent:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
         self._last_pong = time.monotonic()  # the pong clock starts at open (§11.1)
+        self._pings, self._pongs, self._unconfirmed = 0, 0, []
         expired = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(ws, expired), name="agent-heartbeat")
         retry = asyncio.create_task(self._retry_notifications(), name="agent-notify-retry")
@@ -210,7 +221,7 @@ class Agent:
             if now >= next_ping:
                 next_ping = now + interval
                 try:
-                    await ws.send_str(protocol.PING)
+                    await self._send_ping(ws)
                 except (ConnectionError, RuntimeError):
                     return
                 continue
@@ -228,6 +239,8 @@ class Agent:
         if isinstance(frame, protocol.Pong):
             self._last_pong = time.monotonic()
             self._backoff.reset()
+            self._pongs += 1
+            await self._confirm_results()
         elif isinstance(frame, protocol.Boot):
             changed = self.boot_id is not None and frame.boot_id != self.boot_id
             log.info("server boot %s%s", frame.boot_id, " (server restarted)" if changed else "")
@@ -286,10 +299,25 @@ class Agent:
         }
         try:
             await ws.send_str(protocol.encode(frame))
+            # The server handles a connection's frames in order, so the pong to this ping proves
+            # it processed the result. Until then the result stays unsent (result_sent=0) and is
+            # sent again after a reconnect; the server ignores a second result for a command.
+            await self._send_ping(ws)
         except (ConnectionError, RuntimeError):
             return False  # kept (result_sent=0) and sent after the next connect
-        await self._store.call("mark_result_sent", row["command_id"])
+        self._unconfirmed.append((self._pings, row["command_id"]))
         return True
+
+    async def _send_ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._pings += 1  # counted before the write: uncompressed frames leave in call order
+        await ws.send_str(protocol.PING)
+
+    async def _confirm_results(self) -> None:
+        """The k-th pong answers the k-th ping: results sent before that ping were processed."""
+        done = [cid for n, cid in self._unconfirmed if n <= self._pongs]
+        self._unconfirmed = [(n, cid) for n, cid in self._unconfirmed if n > self._pongs]
+        for command_id in done:
+            await self._store.call("mark_result_sent", command_id)
 
     async def _send_unsent_results(self) -> None:
         for row in await self._store.call("unsent_results"):

@@ -7,6 +7,7 @@ in WAL mode with a busy timeout; the agent calls it from one worker thread (``As
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import sqlite3
 import time
@@ -67,11 +68,19 @@ class AgentStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
-        self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")  # acks promise the row is on disk
-        self._migrate()
+        # Hooks and the agent open the store concurrently; on a fresh file two processes would
+        # both create the schema. An advisory lock beside it makes opening one at a time.
+        with open(str(path) + ".open-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+            try:
+                self.conn.row_factory = sqlite3.Row
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = FULL")  # acks promise the row is on disk
+                self._migrate()
+            except BaseException:
+                self.conn.close()
+                raise
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> AgentStore:
