@@ -117,7 +117,7 @@ async def _apply(request: web.Request, job: Any) -> web.Response:
         return json_error(refused.status, refused.error)
     hub = request.app[keys.HUB]
     if hub.is_connected(machine_id):
-        await hub.flush_soon(machine_id)
+        await hub.flush(machine_id)
     return web.json_response({"ok": True})
 
 

@@ -12,13 +12,12 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from ccr_box import limits, protocol
+from ccr_box import protocol
 from ccr_box.clock import Clock
 from ccr_box.db import Database
 from ccr_box.db import queue as q
@@ -50,6 +49,7 @@ class AgentConnection:
     # ack/commandResult handling runs beside the read loop so a burst of acks shares one group
     # commit; a ping waits for them, so a pong still means "every earlier frame is processed".
     frame_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    booted: asyncio.Event = field(default_factory=asyncio.Event)  # boot sent: commands may follow
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -78,9 +78,7 @@ class Hub:
         self._notifier = notifier
         self.boot_id = boot_id
         self._current: dict[str, AgentConnection] = {}
-        self._flush_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing: set[asyncio.Task[None]] = set()  # background closes and flush passes
-        self._next_pass: dict[str, asyncio.Future[None]] = {}  # flush_soon's not-yet-started pass
 
     # -- presence -----------------------------------------------------------------------------
 
@@ -93,23 +91,20 @@ class Hub:
 
     async def attach(self, conn: AgentConnection) -> None:
         """Make ``conn`` current, replace an older one, re-arm sent rows, boot, flush (§4.1)."""
-        # Under the machine's flush lock: no flush may send a command before ``boot``.
-        async with self._flush_locks[conn.machine_id]:
-            old = self._current.get(conn.machine_id)
-            self._current[conn.machine_id] = conn
-            if old is not None and old is not conn:
-                # In the background: a half-open old socket must not delay the new one.
-                task = asyncio.create_task(_close_quietly(old, 4000, "Replaced by new connection"))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-            now = self._clock.now_ms()
+        old = self._current.get(conn.machine_id)
+        self._current[conn.machine_id] = conn
+        if old is not None and old is not conn:
+            # In the background: a half-open old socket must not delay the new one.
+            self._background(_close_quietly(old, 4000, "Replaced by new connection"))
+        now = self._clock.now_ms()
 
-            def job(db: Any) -> None:
-                q.requeue_sent(db, conn.machine_id, now)
-                updates_db.machine_connected(db, conn.machine_id, now)
+        def job(db: Any) -> None:
+            q.requeue_sent(db, conn.machine_id, now)
+            updates_db.machine_connected(db, conn.machine_id, now)
 
-            await self._db.write(job, durable=False)
-            await conn.send(protocol.boot(self.boot_id))
+        await self._db.write(job, durable=False)
+        await conn.send(protocol.boot(self.boot_id))
+        conn.booted.set()  # deliver() waits for this: no command ever precedes boot
         await self.flush(conn.machine_id)
 
     async def detach(self, conn: AgentConnection, code: int | None, reason: str, by: str) -> None:
@@ -150,65 +145,30 @@ class Hub:
         return True
 
     # -- sending ------------------------------------------------------------------------------
+    # Rows are *claimed* (selected and marked sent, §6.3) inside write jobs, which the single
+    # writer runs one after another: two flushes can never claim the same row. The enqueue and
+    # ack transactions claim in the same commit, so a reply costs one commit and its ack one more.
 
     async def flush(self, machine_id: str) -> int:
-        """Send due rows of one machine on its current connection (§6.3). Returns rows sent."""
-        async with self._flush_locks[machine_id]:
-            return await self._flush_locked(machine_id)
-
-    async def flush_soon(self, machine_id: str) -> None:
-        """A coalesced flush: every caller waiting for the same pass shares it.
-
-        Returns once a pass that started after this call has finished, so a caller's own rows
-        are covered; a burst of acks or replies costs one pass, not one each.
-        """
-        pending = self._next_pass.get(machine_id)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._next_pass[machine_id] = pending
-            task = asyncio.create_task(self._run_pass(machine_id, pending))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        await asyncio.shield(pending)
-
-    async def settled(self) -> None:
-        """Wait until no background flush or close is running (tests, shutdown)."""
-        while self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
-
-    def kick(self, machine_id: str) -> None:
-        """Start a coalesced flush without waiting for it."""
-        if machine_id not in self._next_pass:
-            task = asyncio.create_task(self.flush_soon(machine_id))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-
-    async def _run_pass(self, machine_id: str, done: asyncio.Future[None]) -> None:
-        try:
-            async with self._flush_locks[machine_id]:
-                if self._next_pass.get(machine_id) is done:
-                    del self._next_pass[machine_id]  # later callers need a later pass
-                # A full batch may leave more due rows: keep going until the in-flight limit
-                # or an empty selection stops it, so a burst does not wait for the next ack.
-                while await self._flush_locked(machine_id) == limits.MAX_FLUSH_BATCH:
-                    pass
-        except Exception:
-            log.exception("flush of %s failed", machine_id)
-        finally:
-            if not done.done():
-                done.set_result(None)
-
-    async def _flush_locked(self, machine_id: str) -> int:
-        conn = self._current.get(machine_id)
-        if conn is None or conn.ws.closed:
+        """Claim and send the machine's due rows, at most one batch (§6.3). Returns rows sent."""
+        if not self.is_connected(machine_id):
             return 0
         now = self._clock.now_ms()
-        # Claim first (one write), then send: a crash in between leaves rows `sent`, which the
-        # 60 s re-send or the next connection's re-queue delivers again; the agent de-duplicates.
         rows = await self._db.write(lambda db: q.claim_due(db, machine_id, now), durable=False)
+        return await self.deliver(machine_id, rows, now)
+
+    async def deliver(self, machine_id: str, rows: list[dict[str, Any]], now: int) -> int:
+        """Send claimed rows on the machine's current connection; undo the claim of failures."""
+        if not rows:
+            return 0
+        conn = self._current.get(machine_id)
+        if conn is not None:
+            await conn.booted.wait()
         failed: list[tuple[dict[str, Any], str]] = []
         for row in rows:
             try:
+                if conn is None:
+                    raise ConnectionError("machine disconnected")
                 await conn.send(protocol.command_frame(row))
             except Exception as exc:  # the transport raised: backoff (§6.4)
                 failed.append((row, f"{type(exc).__name__}: {exc}"[:200]))
@@ -226,43 +186,63 @@ class Hub:
         for machine_id in list(self.connected()):
             await self.flush(machine_id)
 
+    async def settled(self) -> None:
+        """Wait until no background close is running (tests, shutdown)."""
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     # -- frames from agents -------------------------------------------------------------------
 
     async def on_ack(self, conn: AgentConnection, command_id: str) -> None:
         now = self._clock.now_ms()
-        before = await self._db.write(
-            lambda db: q.acknowledge(db, command_id, conn.machine_id, now), durable=False
-        )
+        machine_id = conn.machine_id
+        live = self.is_connected(machine_id)  # decided here: jobs run on the database thread
+
+        def job(db: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+            before = q.acknowledge(db, command_id, machine_id, now)
+            if before is None:
+                return None, []
+            return before, q.claim_due(db, machine_id, now) if live else []  # the flush (§4.3)
+
+        before, claimed = await self._db.write(job, durable=False)
         if before is None:
-            log.debug("ack for unknown command %s from %s", command_id, conn.machine_id)
+            log.debug("ack for unknown command %s from %s", command_id, machine_id)
             return
         if before["status"] == "dead":
             await self._tell_reached(before)
-        await self.flush_soon(conn.machine_id)
+        await self.deliver(machine_id, claimed, now)
 
     async def on_result(self, conn: AgentConnection, result: protocol.CommandResult) -> None:
         now = self._clock.now_ms()
+        machine_id = conn.machine_id
+        live = self.is_connected(machine_id)
         row: dict[str, Any] | None = None
-        first = False
+        claimed: list[dict[str, Any]] = []
         if result.command_id is not None:
+            command_id = result.command_id
 
-            def job(db: Any) -> tuple[dict[str, Any] | None, bool]:
-                before = q.acknowledge(db, result.command_id, conn.machine_id, now)
+            def job(db: Any) -> tuple[dict[str, Any] | None, bool, list[dict[str, Any]]]:
+                before = q.acknowledge(db, command_id, machine_id, now)
                 if before is None:
-                    return None, False
-                stored = q.store_result(db, result.command_id, result.success, result.error, now)
-                return before, stored
+                    return None, False, []
+                stored = q.store_result(db, command_id, result.success, result.error, now)
+                return before, stored, q.claim_due(db, machine_id, now) if live else []
 
-            row, first = await self._db.write(job, durable=False)
+            row, first, claimed = await self._db.write(job, durable=False)
             if row is not None and not first:
+                await self.deliver(machine_id, claimed, now)
                 return  # a second result for the same row: ignored, no second message
         if row is not None and row["status"] == "dead":
             await self._tell_reached(row)
         if result.success is False:
             chat_id = row["chat_id"] if row is not None else result.chat_id
             self._notifier.send_text(chat_id, texts.command_failed(result.error))
-        if row is not None:
-            await self.flush_soon(conn.machine_id)
+        await self.deliver(machine_id, claimed, now)
 
     async def _tell_reached(self, row: dict[str, Any]) -> None:
         session = None

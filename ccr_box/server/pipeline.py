@@ -48,6 +48,7 @@ class Outcome:
     answer: Any = _NO_ANSWER  # callback answer text (None = empty answer)
     enqueued_machine: str | None = None
     target: str | None = None
+    claimed: list[dict[str, Any]] = field(default_factory=list)  # rows to send after commit
 
 
 @dataclass
@@ -88,7 +89,12 @@ class Pipeline:
         def job(db: sqlite3.Connection) -> Outcome:
             if ctx.update_id is not None and not updates_db.record(db, ctx.update_id, now):
                 raise Duplicate
-            return self._decide(db, ctx, now)
+            outcome = self._decide(db, ctx, now)
+            machine_id = outcome.enqueued_machine
+            if machine_id is not None and machine_id in ctx.online:
+                # The flush (§6.2) claims in this same commit; frames go out right after it.
+                outcome.claimed = q.claim_due(db, machine_id, now)
+            return outcome
 
         try:
             outcome = await self._db.write(job)
@@ -96,7 +102,7 @@ class Pipeline:
             return
         self._after_commit(ctx, outcome)
         if outcome.enqueued_machine is not None:
-            self._flush_or_notice(ctx, outcome)
+            await self._deliver_or_notice(ctx, outcome, now)
 
     # -- decisions (inside the outcome transaction) --------------------------------------------
 
@@ -265,12 +271,14 @@ class Pipeline:
         for text in outcome.texts:
             self._notifier.send_text(ctx.chat_id, text, thread_id=ctx.thread_id)
 
-    def _flush_or_notice(self, ctx: Context, outcome: Outcome) -> None:
+    async def _deliver_or_notice(self, ctx: Context, outcome: Outcome, now: int) -> None:
         machine_id = outcome.enqueued_machine
         assert machine_id is not None
-        if self._hub.is_connected(machine_id):
-            # Not awaited: the 200 depends on the commit only; the send follows at once.
-            self._hub.kick(machine_id)
+        if machine_id in ctx.online:
+            try:
+                await self._hub.deliver(machine_id, outcome.claimed, now)
+            except Exception:  # never undoes the commit; the maintenance tick re-sends
+                log.exception("delivery after enqueue failed for %s", machine_id)
         else:
             self._notifier.send_text(
                 ctx.chat_id,
