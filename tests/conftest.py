@@ -17,6 +17,7 @@ from ccr_box.config import Config, ServerConfig, TelegramConfig
 from ccr_box.server import keys
 from ccr_box.server.app import Options, make_app
 from tests.fake_telegram import FakeTelegram
+from tests.helpers_proc import Proc
 
 API_KEY = "test-api-key_0123456789"
 WEBHOOK_SECRET = "webhook-secret_abc"
@@ -113,6 +114,15 @@ class Harness:
         from ccr_box.db import queue as q
 
         return await self.db.read(lambda c: q.list_commands(c, limit=500, **where))
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[Proc]]:
+    """Every ccr-box child process a test starts; whatever still runs at the end is stopped."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        await proc.stop()
 
 
 @pytest.fixture

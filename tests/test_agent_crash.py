@@ -52,14 +52,6 @@ def agent_dir(tmp_path: Path) -> Path:
     return tmp_path / "agent-data"
 
 
-@pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        await proc.stop()
-
-
 def agent_env(tmp_path: Path, url: str, agent_dir: Path, recorder: Recorder, **extra: str):
     values = {
         "CCR_WORKER_URL": url.rstrip("/"),

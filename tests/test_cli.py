@@ -9,7 +9,7 @@ import socket
 import stat
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,14 +51,6 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(CONFIG_TEXT, encoding="utf-8")
     return path
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        await proc.stop()
 
 
 # --- first run -----------------------------------------------------------------------------------

@@ -44,15 +44,6 @@ def env(tmp_path: Path, fake_telegram: FakeTelegram) -> dict[str, str]:
 
 
 @pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    """Every process a test starts; whatever is still running at the end is killed."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        await proc.stop()
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
         yield session
