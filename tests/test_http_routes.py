@@ -686,3 +686,13 @@ async def test_no_response_ever_contains_a_secret(server: Harness) -> None:
         assert_no_secret(text, fake)
         assert_no_secret(json.dumps(dict(resp.headers)), fake)
     assert 502 in statuses and 401 in statuses and 404 in statuses
+
+
+async def test_json_bodies_are_compact_like_the_ccr_worker(server: Harness) -> None:
+    """Byte-exact bodies (contract §2.2 shows them compact, as JSON.stringify writes them)."""
+    resp = await server.post("/sessions/register", {"sessionId": "s-c", "machineId": "m-c"})
+    assert await resp.text() == '{"ok":true,"sessionId":"s-c","machineId":"m-c"}'
+    resp = await server.client.get("/nope")
+    assert await resp.text() == '{"error":"Not found"}'
+    resp = await server.post("/sessions/register", {"sessionId": "s-ü", "machineId": "m"})
+    assert await resp.text() == '{"ok":true,"sessionId":"s-ü","machineId":"m"}'

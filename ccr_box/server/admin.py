@@ -10,7 +10,7 @@ from ccr_box.db import queue as q
 from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.server import keys
-from ccr_box.server.http import is_nonempty_str, json_error, read_json_object
+from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
 
 MAX_LIMIT = 500
 
@@ -40,7 +40,7 @@ async def machines(request: web.Request) -> web.Response:
                 "dead": count.get("dead", 0),
             }
         )
-    return web.json_response(result)
+    return json_response(result)
 
 
 async def commands(request: web.Request) -> web.Response:
@@ -61,7 +61,7 @@ async def commands(request: web.Request) -> web.Response:
     rows = await request.app[keys.DB].read(
         lambda c: q.list_commands(c, status=status, machine_id=machine_id, limit=limit)
     )
-    return web.json_response(rows)
+    return json_response(rows)
 
 
 class _Refused(Exception):
@@ -118,13 +118,13 @@ async def _apply(request: web.Request, job: Any) -> web.Response:
     hub = request.app[keys.HUB]
     if hub.is_connected(machine_id):
         await hub.flush(machine_id)
-    return web.json_response({"ok": True})
+    return json_response({"ok": True})
 
 
 async def status(request: web.Request) -> web.Response:
     state = request.app[keys.STATE]
     tg = state.telegram
-    return web.json_response(
+    return json_response(
         {
             "bootId": state.boot_id,
             "startedAt": state.started_at,

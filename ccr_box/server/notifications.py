@@ -18,7 +18,7 @@ from ccr_box.db import sessions as sessions_db
 from ccr_box.errors import TelegramPermanentError, TelegramTransientError
 from ccr_box.protocol import chat_id_text
 from ccr_box.server import keys
-from ccr_box.server.http import is_nonempty_str, json_error, read_json_object
+from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
 from ccr_box.server.telegram import TelegramRateLimitedError
 from ccr_box.textutil import Chunk, split_message
 
@@ -154,7 +154,7 @@ async def send_notification(request: web.Request) -> web.Response:
     await db.write(job)
     if failure is not None:
         log.warning("Telegram refused a notification for session %s: %s", req.session_id, failure)
-        return web.json_response(
+        return json_response(
             {"error": "Telegram API error", "details": failure.payload}, status=502
         )
     first_id = sent[0] if sent else None
@@ -163,10 +163,10 @@ async def send_notification(request: web.Request) -> web.Response:
         log.info(
             "notification for session %s queued (%d chunk(s)): %s", req.session_id, len(unsent), why
         )
-        return web.json_response(
+        return json_response(
             {"ok": True, "queued": True, "messageId": first_id, "token": token}, status=202
         )
-    return web.json_response({"ok": True, "messageId": first_id, "token": token})
+    return json_response({"ok": True, "messageId": first_id, "token": token})
 
 
 def _fields(chunk: Chunk, req: Request, last: bool) -> dict[str, Any]:

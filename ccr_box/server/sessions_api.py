@@ -10,7 +10,7 @@ from aiohttp import web
 from ccr_box import limits
 from ccr_box.db import sessions as sessions_db
 from ccr_box.server import keys
-from ccr_box.server.http import is_nonempty_str, json_error, read_json_object
+from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
 from ccr_box.textutil import utf16_len
 
 log = logging.getLogger("ccr_box.sessions")
@@ -20,7 +20,7 @@ MACHINE_ID = re.compile(limits.MACHINE_ID_PATTERN)
 
 async def list_sessions(request: web.Request) -> web.Response:
     rows = await request.app[keys.DB].read(sessions_db.list_all)
-    return web.json_response(rows)
+    return json_response(rows)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -53,7 +53,7 @@ async def register(request: web.Request) -> web.Response:
     )
     if not ok:
         return json_error(429, "Session limit reached")
-    return web.json_response({"ok": True, "sessionId": session_id, "machineId": machine_id})
+    return json_response({"ok": True, "sessionId": session_id, "machineId": machine_id})
 
 
 async def unregister(request: web.Request) -> web.Response:
@@ -64,4 +64,4 @@ async def unregister(request: web.Request) -> web.Response:
     if not is_nonempty_str(session_id):
         return json_error(400, "sessionId required")
     await request.app[keys.DB].write(lambda db: sessions_db.delete(db, session_id))
-    return web.json_response({"ok": True})
+    return json_response({"ok": True})
