@@ -74,3 +74,16 @@ class ServerAPI:
     async def notify(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST /notifications/send; 200 and 202 (queued by the server) both count as taken."""
         return await self._post("/notifications/send", body)
+
+    async def notify_session(
+        self, body: dict[str, Any], machine_id: str, label: str | None, *, known: bool
+    ) -> dict[str, Any]:
+        """Notify; if the server forgot the session (restart, retention) and it is ``known``
+        locally, register it again and retry once."""
+        try:
+            return await self.notify(body)
+        except ServerRefused as exc:
+            if exc.status != 404 or not known:
+                raise
+            await self.register(body["sessionId"], machine_id, label)
+            return await self.notify(body)

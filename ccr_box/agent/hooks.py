@@ -194,14 +194,8 @@ class Hooks:
         try:
             if self.server_down:
                 raise ServerUnavailable("server unreachable")
-            try:
-                await api.notify(request)
-            except ServerRefused as exc:
-                if exc.status != 404 or local is None:
-                    raise
-                # The server forgot the session (restart, retention): register again, retry once.
-                await api.register(session_id, self.machine_id, local.get("label"))
-                await api.notify(request)
+            label_known = (local or {}).get("label")
+            await api.notify_session(request, self.machine_id, label_known, known=local is not None)
         except ServerUnavailable as exc:
             self.store.keep_notification(session_id, request, str(exc))
             log.info("server unreachable (%s); notification kept for the agent to send", exc)

@@ -20,10 +20,10 @@ from urllib.parse import quote
 import aiohttp
 
 from ccr_box import protocol
-from ccr_box.agent.api import ServerAPI, ServerRefused, ServerUnavailable
+from ccr_box.agent.api import ServerAPI
 from ccr_box.agent.executor import Executor
 from ccr_box.agent.inject import Injector
-from ccr_box.agent.notify import interrupted_text
+from ccr_box.agent.relay import Relay
 from ccr_box.agent.store import AsyncStore
 from ccr_box.backoff import Backoff
 
@@ -75,12 +75,11 @@ class Agent:
         self.executor = Executor(store, injector, self._result_ready)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._api: ServerAPI | None = None
+        self._relay: Relay | None = None
         self.boot_id: str | None = None
         self.connected = asyncio.Event()  # set while a connection is open (tests, status)
         self._last_pong = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._notify_lock = asyncio.Lock()  # one pass over the stored notifications at a time
         # Per connection: pings sent, pongs received, results sent but not yet confirmed by the
         # pong to the ping sent right after them (ping number, commandId).
         self._pings = 0
@@ -93,7 +92,8 @@ class Agent:
         """Replay the inbox, then stay connected until cancelled."""
         async with aiohttp.ClientSession() as http:
             self._http = http
-            self._api = ServerAPI(self.settings.server_url, self.settings.api_key, http)
+            api = ServerAPI(self.settings.server_url, self.settings.api_key, http)
+            self._relay = Relay(api, self._store, self.settings.machine_id)
             try:
                 await self.recover()
                 while True:
@@ -111,7 +111,8 @@ class Agent:
             log.warning(
                 "command %s was being typed when the agent stopped; not re-run", row["command_id"]
             )
-            self._spawn(self._tell_interrupted(row))
+            assert self._relay is not None
+            self._spawn(self._relay.tell_interrupted(row))
         for row in to_run:
             self.executor.submit(row)
         pruned = await self._store.call("prune")
@@ -172,7 +173,11 @@ class Agent:
         self._pings, self._pongs, self._unconfirmed = 0, 0, []
         expired = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(ws, expired), name="agent-heartbeat")
-        retry = asyncio.create_task(self._retry_notifications(), name="agent-notify-retry")
+        assert self._relay is not None, "run() creates the relay"
+        retry = asyncio.create_task(
+            self._relay.retry_pending_every(self.settings.notification_retry_s),
+            name="agent-notify-retry",
+        )
         self._spawn(self._on_open())
         try:
             while True:
@@ -230,9 +235,10 @@ class Agent:
 
     async def _on_open(self) -> None:
         """Re-register live local sessions, then send stored results and notifications (§11.1)."""
-        await self._reregister()
+        assert self._relay is not None
+        await self._relay.reregister_sessions()
         await self._send_unsent_results()
-        await self._send_pending_notifications()
+        await self._relay.send_pending()
 
     async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> None:
         frame = protocol.decode(data)
@@ -324,70 +330,6 @@ class Agent:
             ws = self._ws
             if ws is None or ws.closed or not await self._send_result(ws, row):
                 return
-
-    async def _reregister(self) -> None:
-        assert self._api is not None
-        for session in await self._store.call("sessions"):
-            try:
-                await self._api.register(
-                    session["session_id"], self.settings.machine_id, session["label"]
-                )
-            except (ServerUnavailable, ServerRefused) as exc:
-                log.warning("re-registering session %s failed: %s", session["session_id"], exc)
-                return
-
-    async def _retry_notifications(self) -> None:
-        """While connected, retry notifications a hook (or this agent) could not deliver."""
-        while True:
-            await asyncio.sleep(self.settings.notification_retry_s)
-            try:
-                await self._send_pending_notifications()
-            except Exception:
-                log.exception("retrying stored notifications failed")
-
-    async def _send_pending_notifications(self) -> None:
-        async with self._notify_lock:
-            await self._send_pending_notifications_now()
-
-    async def _send_pending_notifications_now(self) -> None:
-        assert self._api is not None
-        for item in await self._store.call("pending_notifications"):
-            try:
-                await self._api.notify(item["body"])
-            except ServerUnavailable as exc:
-                await self._store.call("notification_failed", item["id"], str(exc))
-                return
-            except ServerRefused as exc:
-                log.warning("server refused a stored notification (%s); dropping it", exc)
-            await self._store.call("drop_notification", item["id"])
-
-    async def _tell_interrupted(self, row: dict[str, Any]) -> None:
-        """Tell the user a command may not have arrived, with its text, so they can resend it."""
-        if not row.get("session_id") or self._api is None:
-            return
-        text = json.loads(row["payload"]).get("command", "")
-        body = {
-            "sessionId": row["session_id"],
-            "chatId": row["chat_id"],
-            "text": interrupted_text(text, self.settings.machine_id),
-        }
-        try:
-            try:
-                await self._api.notify(body)
-            except ServerRefused as exc:
-                # The server forgot the session (restart on a new data dir, retention) and this
-                # runs before the re-register on open: register it now and retry once.
-                session = await self._store.call("session", row["session_id"])
-                if exc.status != 404 or session is None:
-                    raise
-                await self._api.register(
-                    row["session_id"], self.settings.machine_id, session["label"]
-                )
-                await self._api.notify(body)
-        except ServerUnavailable as exc:
-            await self._store.call("keep_notification", row["session_id"], body, str(exc))
-        except ServerRefused as exc:
-            log.warning("could not report interrupted command %s: %s", row["command_id"], exc)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
