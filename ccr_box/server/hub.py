@@ -50,6 +50,18 @@ class AgentConnection:
     # commit; a ping waits for them, so a pong still means "every earlier frame is processed".
     frame_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     booted: asyncio.Event = field(default_factory=asyncio.Event)  # boot sent: commands may follow
+    reader: asyncio.Task[Any] | None = None  # the handler task reading this socket
+    receiving: bool = False  # the reader is parked in ws.receive()
+
+    def request_close(self) -> None:
+        """Ask the reader to close with a handshake; wake it if it is waiting for a frame.
+
+        (Closing from another task while receive() is pending makes aiohttp drop the TCP
+        connection without a close frame.)
+        """
+        self.close_requested.set()
+        if self.receiving and self.reader is not None:
+            self.reader.cancel()
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -267,7 +279,7 @@ async def _close_quietly(conn: AgentConnection, code: int, reason: str) -> None:
     """Have the connection's handler close it with ``code``/``reason``; wait until it is done."""
     if conn.server_close is None and not conn.ws.closed:
         conn.server_close = (code, reason)
-    conn.close_requested.set()
+    conn.request_close()
     try:
         await asyncio.wait_for(conn.finished.wait(), CLOSE_WAIT_S)
     except TimeoutError:

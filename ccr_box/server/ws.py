@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from typing import Any
@@ -77,33 +76,32 @@ async def _read_loop(
     ws = conn.ws
     hub = request.app[keys.HUB]
     clock = request.app[keys.CLOCK]
-    stop = asyncio.ensure_future(conn.close_requested.wait())
-    receive: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            if conn.close_requested.is_set():  # replacement or shutdown (hub)
-                code, reason = conn.server_close or (WSCloseCode.OK, "")
-                await ws.close(code=code, message=reason.encode("utf-8")[:123])
-                return code, reason, "server"
-            receive = asyncio.ensure_future(ws.receive(timeout=idle_timeout_s))
-            await asyncio.wait((receive, stop), return_when=asyncio.FIRST_COMPLETED)
-            if not receive.done():
-                receive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receive
+    conn.reader = asyncio.current_task()
+    while True:
+        if conn.close_requested.is_set():  # replacement or shutdown (hub)
+            code, reason = conn.server_close or (WSCloseCode.OK, "")
+            await ws.close(code=code, message=reason.encode("utf-8")[:123])
+            return code, reason, "server"
+        conn.receiving = True
+        try:
+            msg = await ws.receive(timeout=idle_timeout_s)
+        except TimeoutError:
+            await ws.close(code=4002, message=b"Idle timeout")
+            return 4002, "Idle timeout", "server"
+        except asyncio.CancelledError:
+            # The hub interrupts a pending receive to close with a handshake (see
+            # AgentConnection.request_close); any other cancellation goes on up. A frame that
+            # arrived in that same instant is lost with the connection: its command is re-sent
+            # on the next one, as for any close.
+            task = asyncio.current_task()
+            if conn.close_requested.is_set() and task is not None and task.uncancel() == 0:
                 continue
-            try:
-                msg = receive.result()
-            except TimeoutError:
-                await ws.close(code=4002, message=b"Idle timeout")
-                return 4002, "Idle timeout", "server"
-            outcome = await _on_message(hub, clock, conn, msg)
-            if outcome is not None:
-                return outcome
-    finally:
-        stop.cancel()
-        if receive is not None and not receive.done():
-            receive.cancel()
+            raise
+        finally:
+            conn.receiving = False
+        outcome = await _on_message(hub, clock, conn, msg)
+        if outcome is not None:
+            return outcome
 
 
 async def _on_message(
