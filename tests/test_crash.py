@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
 from collections.abc import AsyncIterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +180,8 @@ async def test_sigterm_closes_agents_with_1001_and_exits_zero(
 
 
 async def test_boot_is_the_first_frame_even_when_a_flush_races_the_attach(server: Harness) -> None:
-    """In-process and deterministic: the writer is held while the agent connects, so attach is
-    parked at its database write when a flush (what every maintenance tick runs) comes along."""
+    """In-process: flushes (what every maintenance tick runs) are started the moment the hub
+    knows the new connection, before attach has committed and sent boot; none may overtake it."""
     await server.register("s-race", "racer")
     sent = await server.notify("s-race")
     resp = await server.webhook(
@@ -191,28 +189,16 @@ async def test_boot_is_the_first_frame_even_when_a_flush_races_the_attach(server
     )
     assert resp.status == 200
 
-    release = threading.Event()  # set from the loop, waited on by the database thread
-
-    def hold_writer(conn: Any) -> None:
-        assert release.wait(timeout=30)
-
-    def busy_write(conn: Any) -> None:  # keeps attach's group commit busy for a while
-        for _ in range(20):
-            with closing(conn.execute("SELECT count(*) FROM command_queue")) as cur:
-                cur.fetchone()
-
-    holder = asyncio.create_task(server.db.write(hold_writer))
     ws = await server.connect("racer")
     for _ in range(10_000):  # attach runs right after the upgrade; a few loop turns at most
         if server.hub.is_connected("racer"):
             break
         await asyncio.sleep(0)
     assert server.hub.is_connected("racer")
-    busy = [asyncio.create_task(server.db.write(busy_write)) for _ in range(5)]
-    flush = asyncio.create_task(server.hub.flush("racer"))
-    release.set()
+    assert not server.hub.connected()["racer"].booted.is_set()  # the race window is open
+    flushes = [asyncio.create_task(server.hub.flush("racer")) for _ in range(5)]
     frames = [await receive_json(ws), await receive_json(ws)]
-    await asyncio.gather(holder, flush, *busy)
+    await asyncio.gather(*flushes)
     assert [f["type"] for f in frames] == ["boot", "command"]
     assert frames[1]["command"] == "queued while offline"
     await ws.close()
