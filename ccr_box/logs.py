@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,7 +60,10 @@ def setup_logging(
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        # Hooks run on every Claude Code event for months: keep the file small.
+        handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=1_000_000, backupCount=1, encoding="utf-8"
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
