@@ -239,6 +239,7 @@ class Agent:
         await self._relay.reregister_sessions()
         await self._send_unsent_results()
         await self._relay.send_pending()
+        await self._store.call("prune")  # done/failed rows older than 48 h (also at start)
 
     async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> None:
         frame = protocol.decode(data)
