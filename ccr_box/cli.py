@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ccr_box.agent.commands import add_parsers
 
     add_parsers(sub)
+    from ccr_box import admin_cli
+
+    admin_cli.add_parsers(sub)
     return parser
 
 
@@ -67,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ccr_box.agent import commands
 
             return getattr(commands, f"run_{args.command}")(args)
+        from ccr_box import admin_cli
+
+        if args.command in admin_cli.COMMANDS:
+            return admin_cli.run(args)
     except ConfigError as exc:
         print(f"ccr-box: config error: {exc}", file=sys.stderr)
         return 2
