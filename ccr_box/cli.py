@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ccr_box import admin_cli
 
     admin_cli.add_parsers(sub)
+    from ccr_box.tui import commands as console
+
+    console.add_parsers(sub)
     return parser
 
 
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command in admin_cli.COMMANDS:
             return admin_cli.run(args)
+        from ccr_box.tui import commands as console
+
+        if args.command in console.COMMANDS:
+            return console.run(args)
     except ConfigError as exc:
         print(f"ccr-box: config error: {exc}", file=sys.stderr)
         return 2

@@ -269,3 +269,38 @@ def delete_finished(conn: sqlite3.Connection, now: int) -> int:
         (now - limits.DEAD_TTL_MS,),
     )
     return acked.rowcount + dead.rowcount
+
+
+def revive_dead_of_machine(conn: sqlite3.Connection, machine_id: str, now: int) -> list[str]:
+    """Operator "retry dead" of a machine: every dead row back to ``pending`` (see revive)."""
+    with closing(
+        conn.execute(
+            "SELECT command_id FROM command_queue WHERE machine_id = ? AND status = 'dead'"
+            " ORDER BY created_at, rowid",
+            (machine_id,),
+        )
+    ) as cur:
+        ids = [r[0] for r in cur.fetchall()]
+    for command_id in ids:
+        revive(conn, command_id, now)
+    return ids
+
+
+def move_session_commands(
+    conn: sqlite3.Connection, session_id: str, machine_id: str, now: int
+) -> tuple[int, int]:
+    """A session moved machines: its ``pending`` rows follow it (due now) and its ``dead`` rows
+    follow it staying dead (an operator retry then targets the new machine). ``sent`` and
+    ``acked`` rows stay with the machine that has them. Returns (pending moved, dead moved).
+    """
+    pending = conn.execute(
+        "UPDATE command_queue SET machine_id = ?, next_retry_at = MIN(next_retry_at, ?)"
+        " WHERE session_id = ? AND status = 'pending' AND machine_id != ?",
+        (machine_id, now, session_id, machine_id),
+    )
+    dead = conn.execute(
+        "UPDATE command_queue SET machine_id = ?"
+        " WHERE session_id = ? AND status = 'dead' AND machine_id != ?",
+        (machine_id, session_id, machine_id),
+    )
+    return pending.rowcount, dead.rowcount

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
+from ccr_box import limits
+from ccr_box.db import outbox as outbox_db
 from ccr_box.db import queue as q
 from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
-from ccr_box.server import keys
+from ccr_box.server import events as ev
+from ccr_box.server import keys, texts
+from ccr_box.server.auth import header_key_ok, subprotocol_items, subprotocol_key_ok
 from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
+from ccr_box.textutil import utf16_len
+
+log = logging.getLogger("ccr_box.admin")
 
 MAX_LIMIT = 500
+MAX_EVENTS_LIMIT = ev.HISTORY
+OUTBOX_STATUSES = ("pending", "sent", "failed")
+CONSOLE_CHAT = "console"  # chat_id of console commands: never an allowed Telegram chat
 
 
 async def machines(request: web.Request) -> web.Response:
@@ -47,16 +62,9 @@ async def commands(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in q.STATUSES:
         return json_error(400, "Invalid status")
-    raw_limit = request.query.get("limit") or None  # empty = default, like status/machineId
-    limit = 100
-    if raw_limit is not None:
-        # isascii: str.isdigit() also accepts "²", which int() refuses (was a 500).
-        if (
-            not (raw_limit.isascii() and raw_limit.isdigit())
-            or not 1 <= int(raw_limit) <= MAX_LIMIT
-        ):
-            return json_error(400, "Invalid limit")
-        limit = int(raw_limit)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    if limit is None:
+        return json_error(400, "Invalid limit")
     machine_id = request.query.get("machineId") or None
     rows = await request.app[keys.DB].read(
         lambda c: q.list_commands(c, status=status, machine_id=machine_id, limit=limit)
@@ -82,7 +90,7 @@ async def retry(request: web.Request) -> web.Response:
         q.revive(c, command_id, now)
         return row["machine_id"]
 
-    return await _apply(request, job)
+    return await _apply(request, job, "retry", commandId=command_id)
 
 
 async def reassign(request: web.Request) -> web.Response:
@@ -107,14 +115,15 @@ async def reassign(request: web.Request) -> web.Response:
         q.revive(c, command_id, now, session_id=session_id, machine_id=session["machine_id"])
         return session["machine_id"]
 
-    return await _apply(request, job)
+    return await _apply(request, job, "reassign", commandId=command_id, sessionId=session_id)
 
 
-async def _apply(request: web.Request, job: Any) -> web.Response:
+async def _apply(request: web.Request, job: Any, action: str, **params: Any) -> web.Response:
     try:
         machine_id = await request.app[keys.DB].write(job)
     except _Refused as refused:
         return json_error(refused.status, refused.error)
+    request.app[keys.EVENTS].publish(f"action.{action}", **params, machineId=machine_id)
     hub = request.app[keys.HUB]
     if hub.is_connected(machine_id):
         await hub.flush(machine_id)
@@ -131,3 +140,260 @@ async def status(request: web.Request) -> web.Response:
             "telegram": {"mode": tg.mode, "state": tg.state, "lastError": tg.last_error},
         }
     )
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
+    """A decimal query parameter in [low, high]; empty/absent = default; None when invalid."""
+    raw = request.query.get(name) or None  # empty = default, like status/machineId
+    if raw is None:
+        return default
+    # isascii: str.isdigit() also accepts "²", which int() refuses (was a 500).
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        return None
+    return int(raw)
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+async def events(request: web.Request) -> web.Response:
+    """``GET /admin/events?after=<seq>&limit=`` — kept events with ``seq > after``, oldest first."""
+    after = _int_param(request, "after", 0, 0, 2**63 - 1)
+    if after is None:
+        return json_error(400, "Invalid after")
+    limit = _int_param(request, "limit", 200, 1, MAX_EVENTS_LIMIT)
+    if limit is None:
+        return json_error(400, "Invalid limit")
+    return json_response(request.app[keys.EVENTS].recent(after_seq=after, limit=limit))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /admin/events/stream?after=<seq>`` — WebSocket: replay, then every new event."""
+    api_key = request.app[keys.CONFIG].current.server.api_key
+    if not (subprotocol_key_ok(request, api_key) or header_key_ok(request, api_key)):
+        return json_error(401, "Unauthorized")
+    if "websocket" not in request.headers.get("Upgrade", "").lower():
+        return json_error(426, "WebSocket upgrade required")
+    after = _int_param(request, "after", 0, 0, 2**63 - 1)
+    if after is None:
+        return json_error(400, "Invalid after")
+    bus = request.app[keys.EVENTS]
+    offered = subprotocol_items(request.headers.get("Sec-WebSocket-Protocol"))
+    ws = web.WebSocketResponse(
+        protocols=("ccr",) if "ccr" in offered else (), max_msg_size=limits.MAX_WS_FRAME_BYTES
+    )
+    # Subscribe before the replay: nothing published in between is lost (duplicates are skipped).
+    async with bus.subscribe() as queue:
+        await ws.prepare(request)
+        last = after
+        for event in bus.recent(after_seq=after, limit=ev.HISTORY):
+            await ws.send_str(_compact(event))
+            last = event["seq"]
+        await _pump(ws, queue, last)
+    return ws
+
+
+async def _pump(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]], last: int) -> None:
+    """Forward events and answer pings, in this one task, until either side ends."""
+    receiver: asyncio.Future[Any] = asyncio.ensure_future(ws.receive())
+    getter: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
+    close: tuple[int, str] | None = None
+    try:
+        while close is None and not ws.closed:
+            done, _ = await asyncio.wait({receiver, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                event = getter.result()
+                if event["kind"] == ev.SHUTDOWN:
+                    close = (1001, "Server shutting down")
+                elif event["kind"] == ev.OVERFLOW:
+                    await ws.send_str(_compact(event))
+                    close = (1013, "Too slow: events overflowed")
+                else:
+                    if event["seq"] > last:
+                        await ws.send_str(_compact(event))
+                        last = event["seq"]
+                    getter = asyncio.ensure_future(queue.get())
+            if receiver in done:
+                msg = receiver.result()
+                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break  # closed by the peer (answered by autoclose) or the transport
+                if _is_ping(msg.data):
+                    await ws.send_str('{"type":"pong"}')
+                receiver = asyncio.ensure_future(ws.receive())
+    except (ConnectionError, RuntimeError) as exc:  # the peer vanished mid-send
+        log.debug("event stream ended: %s", exc)
+    finally:
+        for task in (receiver, getter):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if close is not None and not ws.closed:
+        await ws.close(code=close[0], message=close[1].encode("utf-8"))
+
+
+def _is_ping(data: str | bytes) -> bool:
+    try:
+        frame = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(frame, dict) and frame.get("type") == "ping"
+
+
+# -- more operator actions ------------------------------------------------------------------------
+
+
+async def retry_dead(request: web.Request) -> web.Response:
+    """``POST /admin/machines/{machineId}/retry-dead`` — revive every dead row of the machine."""
+    machine_id = request.match_info["machine_id"]
+    now = request.app[keys.CLOCK].now_ms()
+    ids = await request.app[keys.DB].write(lambda c: q.revive_dead_of_machine(c, machine_id, now))
+    request.app[keys.EVENTS].publish(
+        "action.retry_dead", machineId=machine_id, retried=len(ids), commandIds=ids
+    )
+    hub = request.app[keys.HUB]
+    if ids and hub.is_connected(machine_id):
+        await hub.flush(machine_id)
+    return json_response({"ok": True, "retried": len(ids)})
+
+
+async def move_session(request: web.Request) -> web.Response:
+    """``POST /admin/sessions/{sessionId}/move`` ``{"machineId"}``.
+
+    The session's ``pending`` commands follow it (still pending, due now); its ``dead`` ones
+    follow it but stay dead (retry them with retry-dead); ``sent``/``acked`` ones stay put.
+    """
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    machine_id = body.get("machineId")
+    if not is_nonempty_str(machine_id):
+        return json_error(400, "machineId required")
+    if utf16_len(machine_id) > limits.MAX_REGISTER_FIELD:
+        return json_error(400, "machineId too long")
+    session_id = request.match_info["session_id"]
+    now = request.app[keys.CLOCK].now_ms()
+
+    def job(c: Any) -> tuple[str, int, int]:
+        session = sessions_db.get(c, session_id)
+        if session is None:
+            raise _Refused(404, "Session not found")
+        sessions_db.move(c, session_id, machine_id, now)
+        pending, dead = q.move_session_commands(c, session_id, machine_id, now)
+        return session["machine_id"], pending, dead
+
+    try:
+        previous, pending, dead = await request.app[keys.DB].write(job)
+    except _Refused as refused:
+        return json_error(refused.status, refused.error)
+    request.app[keys.EVENTS].publish(
+        "action.move_session",
+        sessionId=session_id,
+        machineId=machine_id,
+        fromMachineId=previous,
+        pendingMoved=pending,
+        deadMoved=dead,
+    )
+    hub = request.app[keys.HUB]
+    if pending and hub.is_connected(machine_id):
+        await hub.flush(machine_id)
+    return json_response(
+        {
+            "ok": True,
+            "sessionId": session_id,
+            "machineId": machine_id,
+            "pendingMoved": pending,
+            "deadMoved": dead,
+        }
+    )
+
+
+async def disconnect(request: web.Request) -> web.Response:
+    """``POST /admin/machines/{machineId}/disconnect`` — close its socket (1000)."""
+    machine_id = request.match_info["machine_id"]
+    hub = request.app[keys.HUB]
+    done = hub.is_connected(machine_id) and await hub.disconnect(
+        machine_id, 1000, "Disconnected by operator"
+    )
+    request.app[keys.EVENTS].publish("action.disconnect", machineId=machine_id, disconnected=done)
+    return json_response({"ok": True, "disconnected": done})
+
+
+async def send_command(request: web.Request) -> web.Response:
+    """``POST /admin/sessions/{sessionId}/commands`` ``{"text"}`` — a reply from the console."""
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    text = body.get("text")
+    if not isinstance(text, str):
+        return json_error(400, "text required")
+    length = utf16_len(text)
+    if length > limits.MAX_COMMAND_LENGTH:
+        return json_error(400, texts.too_long(length))
+    session_id = request.match_info["session_id"]
+    hub = request.app[keys.HUB]
+    now = request.app[keys.CLOCK].now_ms()
+    online = frozenset(hub.connected())  # the job runs on the database thread
+    cmd_id = secrets.token_hex(16)
+
+    def job(c: Any) -> tuple[q.NewCommand, list[dict[str, Any]]]:
+        session = sessions_db.get(c, session_id)
+        if session is None:
+            raise _Refused(404, "Session not found")
+        machine_id = session["machine_id"]
+        active = q.count_active(c, machine_id)
+        if active >= limits.MAX_QUEUE_PER_MACHINE:
+            raise _Refused(409, texts.queue_full(texts.target(session, machine_id), active))
+        cmd = q.NewCommand(cmd_id, machine_id, session_id, text, CONSOLE_CHAT)
+        q.enqueue(c, cmd, now)
+        sessions_db.touch(c, session_id, now)
+        claimed = q.claim_due(c, machine_id, now) if machine_id in online else []
+        return cmd, claimed
+
+    try:
+        cmd, claimed = await request.app[keys.DB].write(job)
+    except _Refused as refused:
+        return json_error(refused.status, refused.error)
+    queued = cmd.machine_id not in online
+    bus = request.app[keys.EVENTS]
+    bus.publish(
+        "command.queued",
+        commandId=cmd.command_id,
+        machineId=cmd.machine_id,
+        sessionId=session_id,
+        source="console",
+        commandType=cmd.command_type,
+        chatId=CONSOLE_CHAT,
+        text=ev.preview(text),
+    )
+    bus.publish(
+        "action.send",
+        sessionId=session_id,
+        commandId=cmd.command_id,
+        machineId=cmd.machine_id,
+        queued=queued,
+        text=ev.preview(text),
+    )
+    if not queued:
+        try:
+            await hub.deliver(cmd.machine_id, claimed, now)
+        except Exception:  # never undoes the commit; the maintenance tick re-sends
+            log.exception("delivery after a console command failed for %s", cmd.machine_id)
+    return json_response({"ok": True, "commandId": cmd.command_id, "queued": queued})
+
+
+async def outbox(request: web.Request) -> web.Response:
+    """``GET /admin/outbox?status=&limit=`` — notification outbox rows, newest first."""
+    status = request.query.get("status") or None
+    if status is not None and status not in OUTBOX_STATUSES:
+        return json_error(400, "Invalid status")
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    if limit is None:
+        return json_error(400, "Invalid limit")
+    rows = await request.app[keys.DB].read(
+        lambda c: outbox_db.list_rows(c, status=status, limit=limit)
+    )
+    return json_response(rows)

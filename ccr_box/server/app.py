@@ -16,6 +16,7 @@ from ccr_box.clock import Clock, SystemClock
 from ccr_box.config import Config
 from ccr_box.db import Database, database_path
 from ccr_box.server import keys
+from ccr_box.server.events import EventBus
 from ccr_box.server.http import error_middleware
 from ccr_box.server.hub import Hub
 from ccr_box.server.maintenance import Maintenance
@@ -82,14 +83,16 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     notifier = Notifier(telegram, config)
     app[keys.NOTIFIER] = notifier
     state = app[keys.STATE]
-    hub = Hub(app[keys.DB], app[keys.CLOCK], notifier, state.boot_id)
+    events = EventBus(app[keys.CLOCK])
+    app[keys.EVENTS] = events
+    hub = Hub(app[keys.DB], app[keys.CLOCK], notifier, state.boot_id, events)
     app[keys.HUB] = hub
     app[keys.PIPELINE] = Pipeline(
-        app[keys.DB], app[keys.CLOCK], config, hub, notifier, state.telegram
+        app[keys.DB], app[keys.CLOCK], config, hub, notifier, state.telegram, events
     )
     outbox = OutboxSender(app[keys.DB], telegram, app[keys.CLOCK], config)
     app[keys.MAINTENANCE] = Maintenance(
-        app[keys.DB], app[keys.CLOCK], config, hub, notifier, outbox
+        app[keys.DB], app[keys.CLOCK], config, hub, notifier, outbox, events
     )
     app[keys.POLLER] = None
     yield
@@ -138,5 +141,9 @@ async def _identify(app: web.Application) -> None:
 
 
 async def _close_sockets(app: web.Application) -> None:
+    if keys.EVENTS in app:
+        app[keys.EVENTS].close()  # event streams close with 1001 too (admin.event_stream)
     if keys.HUB in app:
         await app[keys.HUB].close_all(1001, "Server shutting down")
+    if keys.EVENTS in app and not await app[keys.EVENTS].wait_idle(5.0):
+        log.debug("an event stream was still closing at shutdown")

@@ -24,6 +24,7 @@ from ccr_box.db import queue as q
 from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.server import texts
+from ccr_box.server.events import EventBus, preview
 from ccr_box.server.notifier import Notifier
 
 log = logging.getLogger("ccr_box.hub")
@@ -84,8 +85,16 @@ class AgentConnection:
 
 
 class Hub:
-    def __init__(self, db: Database, clock: Clock, notifier: Notifier, boot_id: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        notifier: Notifier,
+        boot_id: str,
+        events: EventBus | None = None,
+    ) -> None:
         self._db = db
+        self._events = events or EventBus(clock)
         self._clock = clock
         self._notifier = notifier
         self.boot_id = boot_id
@@ -115,6 +124,7 @@ class Hub:
             updates_db.machine_connected(db, conn.machine_id, now)
 
         await self._db.write(job, durable=False)
+        self._events.publish("machine.connected", machineId=conn.machine_id)
         await conn.send(protocol.boot(self.boot_id))
         conn.booted.set()  # deliver() waits for this: no command ever precedes boot
         await self.flush(conn.machine_id)
@@ -141,6 +151,11 @@ class Hub:
             )
         )
         record.add_done_callback(_log_record_failure)
+        record.add_done_callback(
+            lambda _: self._events.publish(
+                "machine.disconnected", machineId=conn.machine_id, code=code, reason=reason
+            )
+        )
         record.add_done_callback(lambda _: conn.finished.set())
         with contextlib.suppress(Exception):  # logged by the callback
             await asyncio.shield(record)
@@ -184,6 +199,10 @@ class Hub:
                 await conn.send(protocol.command_frame(row))
             except Exception as exc:  # the transport raised: backoff (§6.4)
                 failed.append((row, f"{type(exc).__name__}: {exc}"[:200]))
+        failed_ids = {row["command_id"] for row, _ in failed}
+        sent_ids = [row["command_id"] for row in rows if row["command_id"] not in failed_ids]
+        if sent_ids:
+            self._events.publish("command.sent", machineId=machine_id, commandIds=sent_ids)
         if failed:
             log.warning("send to %s failed for %d command(s)", machine_id, len(failed))
 
@@ -225,6 +244,8 @@ class Hub:
         if before is None:
             log.debug("ack for unknown command %s from %s", command_id, machine_id)
             return
+        if before["status"] != "acked":
+            self._events.publish("command.acked", commandId=command_id, machineId=machine_id)
         if before["status"] == "dead":
             await self._tell_reached(before)
         await self.deliver(machine_id, claimed, now)
@@ -246,9 +267,27 @@ class Hub:
                 return before, stored, q.claim_due(db, machine_id, now) if live else []
 
             row, first, claimed = await self._db.write(job, durable=False)
+            if row is not None and row["status"] != "acked":
+                self._events.publish("command.acked", commandId=command_id, machineId=machine_id)
+            if row is not None and first:
+                self._events.publish(
+                    "command.result",
+                    commandId=command_id,
+                    machineId=machine_id,
+                    result="ok" if result.success else "failed",
+                    error=preview(result.error),
+                )
             if row is not None and not first:
                 await self.deliver(machine_id, claimed, now)
                 return  # a second result for the same row: ignored, no second message
+        if row is None:  # no commandId (older agents) or an unknown one: still shown
+            self._events.publish(
+                "command.result",
+                commandId=result.command_id,
+                machineId=machine_id,
+                result="ok" if result.success else "failed",
+                error=preview(result.error),
+            )
         if row is not None and row["status"] == "dead":
             await self._tell_reached(row)
         if result.success is False:

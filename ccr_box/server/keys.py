@@ -28,3 +28,4 @@ if TYPE_CHECKING:
 OPTIONS = web.AppKey("options", "Options")
 MAINTENANCE = web.AppKey("maintenance", "Maintenance")
 POLLER = web.AppKey("poller", "Poller | None")
+EVENTS = web.AppKey("events", "EventBus")

@@ -19,6 +19,7 @@ from ccr_box.db import queue as q
 from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.server import texts
+from ccr_box.server.events import EventBus, preview
 from ccr_box.server.hub import Hub
 from ccr_box.server.notifier import Notifier
 from ccr_box.server.outbox import OutboxSender
@@ -36,8 +37,10 @@ class Maintenance:
         hub: Hub,
         notifier: Notifier,
         outbox: OutboxSender,
+        events: EventBus | None = None,
     ) -> None:
         self._db = db
+        self._events = events or EventBus(clock)
         self._clock = clock
         self._config = config
         self._hub = hub
@@ -74,6 +77,14 @@ class Maintenance:
                 row["command_id"],
                 row["machine_id"],
                 row["dead_reason"],
+            )
+            self._events.publish(
+                "command.dead",
+                commandId=row["command_id"],
+                machineId=row["machine_id"],
+                sessionId=row["session_id"],
+                reason=row["dead_reason"],
+                text=preview(row["command"]),
             )
             self._notifier.send_text(
                 row["chat_id"],

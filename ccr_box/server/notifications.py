@@ -18,6 +18,7 @@ from ccr_box.db import sessions as sessions_db
 from ccr_box.errors import TelegramPermanentError, TelegramTransientError
 from ccr_box.protocol import chat_id_text
 from ccr_box.server import keys
+from ccr_box.server.events import preview
 from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
 from ccr_box.server.telegram import TelegramRateLimitedError
 from ccr_box.textutil import Chunk, split_message
@@ -152,6 +153,19 @@ async def send_notification(request: web.Request) -> web.Response:
             )
 
     await db.write(job)
+    event = {
+        "sessionId": req.session_id,
+        "chatId": req.chat_id,
+        "token": token,
+        "text": preview(req.text),
+        "messageId": sent[0] if sent else None,
+    }
+    if failure is not None:
+        app[keys.EVENTS].publish("notification.failed", **event, error=preview(str(failure)))
+    elif unsent:
+        app[keys.EVENTS].publish("notification.queued", **event, chunksQueued=len(unsent))
+    else:
+        app[keys.EVENTS].publish("notification.sent", **event)
     if failure is not None:
         log.warning("Telegram refused a notification for session %s: %s", req.session_id, failure)
         return json_response(

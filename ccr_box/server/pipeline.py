@@ -22,6 +22,7 @@ from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.protocol import chat_id_text
 from ccr_box.server import texts
+from ccr_box.server.events import EventBus, preview
 from ccr_box.server.hub import Hub
 from ccr_box.server.notifier import Notifier
 from ccr_box.server.state import ConfigRef, TelegramStatus
@@ -49,6 +50,7 @@ class Outcome:
     enqueued_machine: str | None = None
     target: str | None = None
     claimed: list[dict[str, Any]] = field(default_factory=list)  # rows to send after commit
+    queued: q.NewCommand | None = None  # the enqueued row (for the event)
 
 
 @dataclass
@@ -71,8 +73,10 @@ class Pipeline:
         hub: Hub,
         notifier: Notifier,
         telegram_status: TelegramStatus,
+        events: EventBus | None = None,
     ) -> None:
         self._db = db
+        self._events = events or EventBus(clock)
         self._clock = clock
         self._config = config
         self._hub = hub
@@ -101,6 +105,18 @@ class Pipeline:
         except Duplicate:
             return
         self._after_commit(ctx, outcome)
+        if outcome.queued is not None:
+            cmd = outcome.queued
+            self._events.publish(
+                "command.queued",
+                commandId=cmd.command_id,
+                machineId=cmd.machine_id,
+                sessionId=cmd.session_id,
+                source="telegram",
+                commandType=cmd.command_type,
+                chatId=cmd.chat_id,
+                text=preview(cmd.command),
+            )
         if outcome.enqueued_machine is not None:
             await self._deliver_or_notice(ctx, outcome, now)
 
@@ -187,20 +203,17 @@ class Pipeline:
         active = q.count_active(db, machine_id)
         if active >= limits.MAX_QUEUE_PER_MACHINE:
             return Outcome(texts=[texts.queue_full(target, active)])
-        q.enqueue(
-            db,
-            q.NewCommand(
-                command_id=secrets.token_hex(16),
-                machine_id=machine_id,
-                session_id=session_id,
-                command=command,
-                chat_id=ctx.chat_id or "",
-                update_id=ctx.update_id,
-            ),
-            now,
+        cmd = q.NewCommand(
+            command_id=secrets.token_hex(16),
+            machine_id=machine_id,
+            session_id=session_id,
+            command=command,
+            chat_id=ctx.chat_id or "",
+            update_id=ctx.update_id,
         )
+        q.enqueue(db, cmd, now)
         sessions_db.touch(db, session_id, now)
-        return Outcome(enqueued_machine=machine_id, target=target)
+        return Outcome(enqueued_machine=machine_id, target=target, queued=cmd)
 
     def _callback(self, db: sqlite3.Connection, ctx: Context, now: int) -> Outcome:
         data = (ctx.callback or {}).get("data")
@@ -261,7 +274,7 @@ class Pipeline:
             )
             reply = texts.killing(session_id, machine_id)
         q.enqueue(db, cmd, now)
-        return Outcome(texts=[reply], enqueued_machine=machine_id, target=machine_id)
+        return Outcome(texts=[reply], enqueued_machine=machine_id, target=machine_id, queued=cmd)
 
     # -- after commit --------------------------------------------------------------------------
 

@@ -29,3 +29,11 @@ def setup_routes(app: web.Application, *, idle_timeout_s: float) -> None:
     r.add_post("/admin/commands/{command_id}/retry", require_api_key(admin.retry))
     r.add_post("/admin/commands/{command_id}/reassign", require_api_key(admin.reassign))
     r.add_get("/admin/status", require_api_key(admin.status), allow_head=False)
+    r.add_get("/admin/events", require_api_key(admin.events), allow_head=False)
+    # The stream checks the key itself: a browser can only send it as a subprotocol.
+    r.add_get("/admin/events/stream", admin.event_stream, allow_head=False)
+    r.add_get("/admin/outbox", require_api_key(admin.outbox), allow_head=False)
+    r.add_post("/admin/machines/{machine_id}/retry-dead", require_api_key(admin.retry_dead))
+    r.add_post("/admin/machines/{machine_id}/disconnect", require_api_key(admin.disconnect))
+    r.add_post("/admin/sessions/{session_id}/move", require_api_key(admin.move_session))
+    r.add_post("/admin/sessions/{session_id}/commands", require_api_key(admin.send_command))

@@ -53,6 +53,9 @@ async def register(request: web.Request) -> web.Response:
     )
     if not ok:
         return json_error(429, "Session limit reached")
+    request.app[keys.EVENTS].publish(
+        "session.registered", sessionId=session_id, machineId=machine_id, label=label
+    )
     return json_response({"ok": True, "sessionId": session_id, "machineId": machine_id})
 
 
@@ -63,5 +66,8 @@ async def unregister(request: web.Request) -> web.Response:
     session_id = body.get("sessionId")
     if not is_nonempty_str(session_id):
         return json_error(400, "sessionId required")
-    await request.app[keys.DB].write(lambda db: sessions_db.delete(db, session_id))
+    existed = await request.app[keys.DB].write(lambda db: sessions_db.delete(db, session_id))
+    request.app[keys.EVENTS].publish(
+        "session.unregistered", sessionId=session_id, existed=bool(existed)
+    )
     return json_response({"ok": True})

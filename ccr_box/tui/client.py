@@ -7,6 +7,8 @@ Error messages name the server URL, never the API key.
 from __future__ import annotations
 
 import ipaddress
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -129,6 +131,71 @@ class AdminClient:
 
     async def unregister(self, session_id: str) -> dict[str, Any]:
         return await self._call("POST", "/sessions/unregister", json={"sessionId": session_id})
+
+    async def retry_dead(self, machine_id: str) -> dict[str, Any]:
+        """``{"ok":true,"retried":n}``: every dead command of the machine back to pending."""
+        return await self._call("POST", f"/admin/machines/{_segment(machine_id)}/retry-dead")
+
+    async def disconnect(self, machine_id: str) -> dict[str, Any]:
+        """``{"ok":true,"disconnected":bool}``: close the machine's socket (it reconnects)."""
+        return await self._call("POST", f"/admin/machines/{_segment(machine_id)}/disconnect")
+
+    async def move_session(self, session_id: str, machine_id: str) -> dict[str, Any]:
+        path = f"/admin/sessions/{_segment(session_id)}/move"
+        return await self._call("POST", path, json={"machineId": machine_id})
+
+    async def send_command(self, session_id: str, text: str) -> dict[str, Any]:
+        """``{"ok":true,"commandId":...,"queued":bool}`` (queued: the machine is offline)."""
+        path = f"/admin/sessions/{_segment(session_id)}/commands"
+        return await self._call("POST", path, json={"text": text})
+
+    async def outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params = {"limit": str(limit)}
+        if status:
+            params["status"] = status
+        return await self._call("GET", "/admin/outbox", params=params)
+
+    async def events(self, after: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        params = {"after": str(after), "limit": str(limit)}
+        return await self._call("GET", "/admin/events", params=params)
+
+    async def stream_events(self, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Kept events with ``seq > after``, then every new one, until the server closes.
+
+        The last item may be ``{"kind":"overflow"}`` (this client fell behind: reconnect with
+        ``after`` = the last seq seen). Ends when the stream closes (1001 at server shutdown).
+        """
+        where = display_url(self.base_url)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        url = f"{self.base_url}/admin/events/stream"
+        try:
+            ws = await self._session.ws_connect(
+                url,
+                params={"after": str(after)},
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                heartbeat=30,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise AdminError(401, "Unauthorized") from None
+            raise AdminError(
+                exc.status, f"{where} refused the event stream (HTTP {exc.status})"
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AdminUnavailable(
+                f"cannot reach the ccr-box server at {where}: {_describe(exc)}"
+            ) from None
+        async with ws:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                try:
+                    event = json.loads(msg.data)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and "kind" in event:
+                    yield event
 
     # -- plumbing --------------------------------------------------------------------------------
 

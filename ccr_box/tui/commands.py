@@ -1,0 +1,28 @@
+"""``ccr-box console``: argument parsing and entry point (Textual is imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+COMMANDS = ("console",)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    console = sub.add_parser(
+        "console", help="live operator console attached to a running server (admin API)"
+    )
+    console.add_argument(
+        "--url",
+        metavar="URL",
+        help="server base URL (default: agent.server_url, else http://<server.host>:<server.port>)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ccr_box.admin_cli import _target
+
+    url, api_key = _target(args)
+    from ccr_box.tui.app import ConsoleApp
+
+    ConsoleApp(url, api_key).run()
+    return 0

@@ -1,0 +1,280 @@
+"""``ccr-box console`` (Textual) driven by Pilot against a real in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable
+
+from ccr_box import limits
+from ccr_box.cli import build_parser
+from ccr_box.db import queue as q
+from ccr_box.server import keys
+from ccr_box.tui import widgets as w
+from ccr_box.tui.app import ConsoleApp, update_in_place
+from ccr_box.tui.client import AdminError
+from ccr_box.tui.live import ConsoleClient, EndpointMissing
+from tests.conftest import API_KEY, CHAT, Harness
+from tests.helpers_ws import connect_booted, receive_json
+
+
+def make_app(server: Harness) -> ConsoleApp:
+    return ConsoleApp(server.url("").rstrip("/"), API_KEY, poll_interval=0.1, max_backoff=0.5)
+
+
+async def until(pilot: Any, check: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
+    """Let the app run until ``check()`` is true (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.02)
+
+
+async def until_async(pilot: Any, check: Callable[[], Any], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while not await check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.02)
+
+
+async def enqueue(server: Harness, command_id: str, machine_id: str, session_id: str) -> None:
+    cmd = q.NewCommand(command_id, machine_id, session_id, f"text of {command_id}", CHAT)
+    now = server.clock.now_ms()
+    await server.db.write(lambda c: q.enqueue(c, cmd, now))
+
+
+async def make_dead(server: Harness, command_id: str, machine_id: str, session_id: str) -> None:
+    await enqueue(server, command_id, machine_id, session_id)
+    server.clock.advance(limits.COMMAND_EXPIRY_MS)
+    await server.app[keys.MAINTENANCE].tick()
+
+
+async def status_of(server: Harness, command_id: str) -> str | None:
+    row = await server.db.read(lambda c: q.get(c, command_id))
+    return row["status"] if row else None
+
+
+def cells(app: ConsoleApp, table: str, key: str) -> list[str]:
+    """The row's cell texts, or 7 empty strings while the row is not there yet."""
+    if key not in app.table(table).rows:
+        return [""] * 7
+    return [c.plain for c in app.table(table).get_row(key)]
+
+
+def has_row(app: ConsoleApp, table: str, key: str) -> bool:
+    return key in app.table(table).rows
+
+
+async def select(pilot: Any, app: ConsoleApp, tab: int, table: str, key: str) -> None:
+    await pilot.press(str(tab))
+    t = app.table(table)
+    t.move_cursor(row=t.get_row_index(key))
+    await pilot.pause()
+
+
+async def test_tables_show_sessions_and_commands(server: Harness) -> None:
+    await server.register("s1", "box-a", "my label")
+    await enqueue(server, "c-1", "box-a", "s1")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command row")
+        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session row")
+        assert cells(app, "sessions", "s1")[:4] == ["my label", "s1", "box-a", "no"]
+        row = cells(app, "commands", "c-1")
+        assert (row[0], row[1], row[3], row[4], row[5]) == (
+            "pending",
+            "0",
+            "box-a",
+            "s1",
+            "text of c-1",
+        )
+        await until(pilot, lambda: has_row(app, "machines", "box-a"), "the machine row")
+        machine = cells(app, "machines", "box-a")
+        assert (machine[0], machine[1], machine[3], machine[4], machine[5]) == (
+            "box-a",
+            "no",
+            "1",
+            "0",
+            "0",
+        )
+        await until(pilot, lambda: app.live, "the event stream")
+        assert not app.query_one("#banner").has_class("shown")
+
+
+async def test_r_retries_the_selected_dead_command(server: Harness) -> None:
+    await server.register("s1", "box-a")
+    await make_dead(server, "c-dead", "box-a", "s1")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: has_row(app, "commands", "c-dead"), "the dead command")
+        assert app.table("commands").get_row("c-dead")[0].style == "bold red"
+        await select(pilot, app, 3, "commands", "c-dead")
+        await pilot.press("r")
+        await until_async(
+            pilot, lambda: _is(server, "c-dead", "pending"), "the command to be pending"
+        )
+        await until(pilot, lambda: cells(app, "commands", "c-dead")[0] == "pending", "the table")
+
+
+async def _is(server: Harness, command_id: str, status: str) -> bool:
+    return await status_of(server, command_id) == status
+
+
+async def test_u_with_confirmation_removes_the_session(server: Harness) -> None:
+    await server.register("s1", "box-a", "one")
+    await server.register("s2", "box-a", "two")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: has_row(app, "sessions", "s2"), "the session")
+        await select(pilot, app, 2, "sessions", "s2")
+        await pilot.press("u")
+        assert type(app.screen).__name__ == "ConfirmScreen"
+        await pilot.press("n")  # no: nothing happens
+        await pilot.press("u")
+        await pilot.press("y")
+
+        async def gone() -> bool:
+            resp = await server.client.get("/sessions", headers=server.auth())
+            return [s["session_id"] for s in await resp.json()] == ["s1"]
+
+        await until_async(pilot, gone, "the session to be removed")
+        await until(pilot, lambda: not has_row(app, "sessions", "s2"), "the row to go")
+        assert has_row(app, "sessions", "s1")
+
+
+async def test_a_reassigns_to_the_picked_session(server: Harness) -> None:
+    await server.register("s1", "box-a", "one")
+    await server.register("s2", "box-b", "two")
+    await enqueue(server, "c-1", "box-a", "s1")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: has_row(app, "sessions", "s2"), "the sessions")
+        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command")
+        await select(pilot, app, 3, "commands", "c-1")
+        await pilot.press("a")
+        picker = app.screen
+        assert isinstance(picker, w.PickScreen)
+        for _ in range(picker.keys.index("s2")):
+            await pilot.press("down")
+        await pilot.press("enter")
+
+        async def moved() -> bool:
+            rows = await server.commands()
+            return [(r["session_id"], r["machine_id"]) for r in rows] == [("s2", "box-b")]
+
+        await until_async(pilot, moved, "the command to move")
+        await until(pilot, lambda: cells(app, "commands", "c-1")[3] == "box-b", "the table")
+
+
+async def test_ack_from_an_agent_shows_without_restart(server: Harness) -> None:
+    await server.register("s1", "box-a")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        ws = await connect_booted(server, "box-a")
+        await until(pilot, lambda: cells(app, "machines", "box-a")[1] == "yes", "online")
+        await enqueue(server, "c-1", "box-a", "s1")
+        await server.hub.flush("box-a")
+        frame = await receive_json(ws)
+        assert frame["type"] == "command" and frame["commandId"] == "c-1"
+        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command")
+        await ws.send_str(json.dumps({"type": "ack", "commandId": "c-1"}))
+        await until(pilot, lambda: cells(app, "commands", "c-1")[0] == "acked", "acked")
+        await ws.close()
+
+
+async def test_markup_in_labels_is_shown_literally(server: Harness) -> None:
+    await server.register("s1", "box-a", "[bold]x[/]")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session")
+        await pilot.press("2")
+        await pilot.pause()
+        assert cells(app, "sessions", "s1")[0] == "[bold]x[/]"
+        assert "[bold]x[/]" in app.export_screenshot()
+        app.table("sessions").focus()
+        await pilot.press("enter")  # details
+        assert isinstance(app.screen, w.TextScreen)
+        assert "label: [bold]x[/]" in app.screen.body.plain
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, w.TextScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, w.TextScreen)
+
+
+async def test_unreachable_server_shows_the_banner(server: Harness) -> None:
+    app = ConsoleApp("http://127.0.0.1:9", API_KEY, poll_interval=0.1, max_backoff=0.2)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: app.link_ok is False, "the link state")
+        assert app.link_text.startswith("connection lost — reconnecting")
+        assert app.query_one("#banner").has_class("shown")
+
+
+class TableApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield DataTable()
+
+    def on_mount(self) -> None:
+        for key, label in w.SESSION_COLUMNS:
+            self.query_one(DataTable).add_column(label, key=key)
+
+
+async def test_update_in_place_keeps_the_cursor_row() -> None:
+    app = TableApp()
+    async with app.run_test() as pilot:
+        table = app.query_one(DataTable)
+        rows = [w.session_row({"session_id": k, "machine_id": "m"}, 0, set()) for k in "abc"]
+        update_in_place(table, rows)
+        table.move_cursor(row=2)
+        await pilot.pause()
+        first = table.get_row("c")[0]
+        update_in_place(table, [rows[1], rows[2]])  # "a" went away above the cursor
+        assert [r.key.value for r in table.ordered_rows] == ["b", "c"]
+        assert table.ordered_rows[table.cursor_row].key.value == "c"
+        assert table.get_row("c")[0] is first  # unchanged cells are not rewritten
+
+
+def test_console_is_a_command_and_the_cli_does_not_import_textual() -> None:
+    args = build_parser().parse_args(["console", "--url", "http://x:1"])
+    assert (args.command, args.url) == ("console", "http://x:1")
+    code = (
+        "import sys, ccr_box.cli; ccr_box.cli.build_parser();"
+        "print(any(m == 'textual' or m.startswith('textual.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "False\n"
+
+
+async def test_s_sends_a_command_to_the_selected_session(server: Harness) -> None:
+    await server.register("s1", "box-a", "one")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session")
+        await select(pilot, app, 2, "sessions", "s1")
+        await pilot.press("s")
+        assert isinstance(app.screen, w.InputScreen)
+        await pilot.press(*"hi [b]", "enter")
+
+        async def queued() -> bool:
+            rows = await server.commands()
+            return [(r["session_id"], r["command"]) for r in rows] == [("s1", "hi [b]")]
+
+        await until_async(pilot, queued, "the command to be queued")
+
+
+async def test_missing_endpoints_are_told_apart_from_refusals(server: Harness) -> None:
+    async with ConsoleClient(server.url("").rstrip("/"), API_KEY) as client:
+        with pytest.raises(EndpointMissing):
+            await client._optional("GET", "/admin/no-such-thing")
+        with pytest.raises(AdminError) as refused:
+            await client.send_command("nope", "hi")
+        assert (refused.value.status, refused.value.message) == (404, "Session not found")
