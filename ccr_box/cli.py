@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser(
         "up", help="run the server (creates a config with fresh secrets on first run)"
     )
-    up.add_argument("--headless", action="store_true", help="server only, logs to stderr")
+    up.add_argument(
+        "--headless",
+        action="store_true",
+        help="server only, logs to stderr (default when not on a terminal; on a terminal the console runs in front)",
+    )
     up.add_argument("--host", help="listen address (server.host, CCR_BOX_HOST)")
     up.add_argument("--port", type=int, help="listen port, 0 = any free port (CCR_BOX_PORT)")
     up.add_argument(
@@ -180,6 +184,11 @@ def _up(args: argparse.Namespace) -> int:
                 "  the server is starting now with what it has.",
                 file=sys.stderr,
             )
+    if not args.headless and sys.stdin.isatty() and sys.stdout.isatty():
+        # On a terminal: server and console in one process (--headless for the server alone).
+        from ccr_box.tui.up import run_up_with_console
+
+        return run_up_with_console(config)
     try:
         asyncio.run(serve(config))
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -47,11 +48,22 @@ def startup_warnings(config: Config) -> list[str]:
     return warnings
 
 
-async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down cleanly."""
+async def serve(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    on_ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM arrives); then shut down cleanly.
+
+    ``on_ready(host, port)`` is called once the socket is bound (``up`` with the console runs
+    the server on a thread of its own, where signals cannot be handled: ``handle_signals=False``).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     for warning in startup_warnings(config):
         log.warning("%s", warning)
@@ -70,11 +82,13 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         tg = config.telegram
         mode = tg.mode if tg.bot_token else "off"
         log.info("ccr-box listening on http://%s:%d (telegram: %s)", host, port, mode)
+        if on_ready is not None:
+            on_ready(host, port)
         await stop.wait()
         log.info("shutting down")
     finally:
         await runner.cleanup()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("stopped")
 

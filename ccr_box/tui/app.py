@@ -75,6 +75,7 @@ class ConsoleApp(ConsoleActions, App[None]):
     #top { height: 1; background: $primary-background; padding: 0 1; }
     #banner { height: 1; background: $error; color: $text; padding: 0 1; display: none; }
     #banner.shown { display: block; }
+    #tabs { height: 1fr; }
     DataTable, Log { height: 1fr; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
