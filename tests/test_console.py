@@ -20,7 +20,7 @@ from ccr_box.server import keys
 from ccr_box.tui import widgets as w
 from ccr_box.tui.app import ConsoleApp, update_in_place
 from ccr_box.tui.client import AdminError
-from ccr_box.tui.live import ConsoleClient, EndpointMissing
+from ccr_box.tui.live import ConsoleClient, is_missing
 from tests.conftest import API_KEY, CHAT, Harness
 from tests.helpers_ws import connect_booted, receive_json
 
@@ -273,8 +273,10 @@ async def test_s_sends_a_command_to_the_selected_session(server: Harness) -> Non
 
 async def test_missing_endpoints_are_told_apart_from_refusals(server: Harness) -> None:
     async with ConsoleClient(server.url("").rstrip("/"), API_KEY) as client:
-        with pytest.raises(EndpointMissing):
-            await client._optional("GET", "/admin/no-such-thing")
+        with pytest.raises(AdminError) as missing:
+            await client._call("GET", "/admin/no-such-thing")
+        assert is_missing(missing.value)  # the router's 404, as an older server would answer
         with pytest.raises(AdminError) as refused:
             await client.send_command("nope", "hi")
         assert (refused.value.status, refused.value.message) == (404, "Session not found")
+        assert not is_missing(refused.value)  # a refusal, not a missing endpoint
