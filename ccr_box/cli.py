@@ -53,16 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="JSON instead of TOML")
     config_sub.add_parser("path", help="print the config file path in use")
 
-    from ccr_box.agent.commands import add_parsers
-
-    add_parsers(sub)
-    from ccr_box import admin_cli
-
-    admin_cli.add_parsers(sub)
-    from ccr_box.tui import commands as console
-
-    console.add_parsers(sub)
+    for module in _command_modules():
+        module.add_parsers(sub)
     return parser
+
+
+# Modules that own subcommands: each has ``COMMANDS``, ``add_parsers(sub)`` and ``run(args)``, and
+# imports its heavy dependencies inside ``run`` so ``ccr-box --help`` stays quick.
+_COMMAND_MODULES = (
+    "ccr_box.ops.init",
+    "ccr_box.agent.commands",
+    "ccr_box.admin_cli",
+    "ccr_box.tui.commands",
+    "ccr_box.ops.telegram_cli",
+    "ccr_box.ops.doctor",
+    "ccr_box.ops.service",
+    "ccr_box.ops.backup",
+)
+
+
+def _command_modules() -> list:
+    import importlib
+
+    return [importlib.import_module(name) for name in _COMMAND_MODULES]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,18 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _up(args)
         if args.command == "config":
             return _config(args, parser)
-        if args.command in ("agent", "hook", "hooks"):
-            from ccr_box.agent import commands
-
-            return getattr(commands, f"run_{args.command}")(args)
-        from ccr_box import admin_cli
-
-        if args.command in admin_cli.COMMANDS:
-            return admin_cli.run(args)
-        from ccr_box.tui import commands as console
-
-        if args.command in console.COMMANDS:
-            return console.run(args)
+        for module in _command_modules():
+            if args.command in module.COMMANDS:
+                return module.run(args)
     except ConfigError as exc:
         print(f"ccr-box: config error: {exc}", file=sys.stderr)
         return 2

@@ -189,6 +189,7 @@ class ServerConfig:
     log_level: str = "info"  # CCR_BOX_LOG_LEVEL
     session_ttl_days: int = 7  # CCR_SESSION_TTL_DAYS
     enable_launch: bool = False  # CCR_BOX_ENABLE_LAUNCH (/launch and /kill, contract §7.6)
+    metrics_public: bool = False  # CCR_BOX_METRICS_PUBLIC (/metrics without the API key)
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,7 @@ _RULES: dict[tuple[str, str], tuple[str, Callable[[Any, bool], Any]]] = {
     ("server", "log_level"): ("CCR_BOX_LOG_LEVEL", _choice("debug", "info", "warning", "error")),
     ("server", "session_ttl_days"): ("CCR_SESSION_TTL_DAYS", _integer(1)),
     ("server", "enable_launch"): ("CCR_BOX_ENABLE_LAUNCH", _boolean),
+    ("server", "metrics_public"): ("CCR_BOX_METRICS_PUBLIC", _boolean),
     ("telegram", "bot_token"): ("TELEGRAM_BOT_TOKEN", _text(secret=True)),
     ("telegram", "mode"): ("TELEGRAM_MODE", _choice("polling", "webhook")),
     ("telegram", "webhook_secret"): ("TELEGRAM_WEBHOOK_SECRET", _URLSAFE),

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 _MARKERS = ("@API_KEY@", "@WEBHOOK_SECRET@", "@WEBHOOK_PATH_SECRET@")
 
@@ -61,6 +66,12 @@ api_key = "@API_KEY@"
 # Off by default because anyone in an allowed chat could then start processes on your machines.
 # Env: CCR_BOX_ENABLE_LAUNCH
 # enable_launch = false
+
+# Prometheus metrics at /metrics. By default a scrape needs the API key (Prometheus:
+# `authorization: {credentials: <api_key>}`), because counts and machine ids are nobody else's
+# business. true = anyone who can reach the port may read them (only behind a firewall).
+# Readiness (/ready, JSON, no secrets) is always open. Env: CCR_BOX_METRICS_PUBLIC
+# metrics_public = false
 
 
 [telegram]
@@ -161,6 +172,54 @@ def render_template(
     return text
 
 
+def set_values(text: str, values: Mapping[tuple[str, str], Any]) -> str:
+    """``text`` with each ``(section, key)`` set to a value, keeping every comment.
+
+    The key's line in its section (``key = ...`` or the commented default ``# key = ...``) is
+    replaced by ``key = <value>``; a key with no such line is added at the end of its section, and
+    a missing section is appended. Used by ``ccr-box init`` and to show the exact line that would
+    allow a chat.
+    """
+    lines = text.splitlines(keepends=True)
+    for (section, key), value in values.items():
+        new = assignment(key, value) + "\n"
+        start, end = _section_span(lines, section)
+        if start is None:
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines += ["\n", f"[{section}]\n", new]
+            continue
+        pattern = re.compile(rf"^\s*#?\s*{re.escape(key)}\s*=")
+        hits = [i for i in range(start, end) if pattern.match(lines[i])]
+        live = [i for i in hits if not lines[i].lstrip().startswith("#")]
+        if live or hits:
+            lines[(live or hits)[0]] = new
+        else:
+            last = end
+            while last > start and not lines[last - 1].strip():
+                last -= 1
+            lines.insert(last, new)
+    return "".join(lines)
+
+
+def assignment(key: str, value: Any) -> str:
+    """One TOML line ``key = value`` (no newline), as ``tomli_w`` writes it."""
+    return tomli_w.dumps({key: list(value) if isinstance(value, tuple) else value}).strip()
+
+
+def _section_span(lines: list[str], section: str) -> tuple[int | None, int]:
+    """(first line after ``[section]``, index of the next section header or the end)."""
+    header = re.compile(r"^\s*\[([^\]]+)\]\s*(#.*)?$")
+    start = None
+    for i, line in enumerate(lines):
+        found = header.match(line)
+        if found and start is not None:
+            return start, i
+        if found and found.group(1).strip() == section:
+            start = i + 1
+    return start, len(lines)
+
+
 def generate_secrets() -> dict[str, str]:
     """Fresh secrets for a new config file. Telegram allows only A-Za-z0-9_- (1-256) in secret_token."""
     return {
@@ -184,16 +243,17 @@ def _make_private_dirs(directory: Path) -> None:
             each.mkdir(mode=0o700)
 
 
-def write_initial(path: Path) -> None:
+def write_initial(path: Path, values: Mapping[tuple[str, str], Any] | None = None) -> None:
     """Write a fresh commented config with generated secrets to ``path`` (mode 0600).
 
-    Never overwrites: raises :class:`FileExistsError` when ``path`` exists. The file appears
+    ``values`` (``{(section, key): value}``) are set on top of the template (see
+    :func:`set_values`). Never overwrites: raises :class:`FileExistsError` when ``path`` exists. The file appears
     atomically (written to a private temporary file, then hard-linked into place, which fails if
     the target exists); where hard links are unsupported it is created with O_EXCL directly.
     """
     path = Path(path)
     _make_private_dirs(path.parent)
-    data = render_template(**generate_secrets()).encode("utf-8")
+    data = set_values(render_template(**generate_secrets()), values or {}).encode("utf-8")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     _write_new(tmp, data)
     try:

@@ -12,6 +12,12 @@ from pathlib import Path
 from ccr_box.config import AgentConfig, Config, load, parse, resolve_config_path
 from ccr_box.errors import ConfigError
 
+COMMANDS = ("agent", "hook", "hooks")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"agent": run_agent, "hook": run_hook, "hooks": run_hooks}[args.command](args)
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     agent = sub.add_parser("agent", help="run the machine agent (receives replies, types them)")
