@@ -167,7 +167,11 @@ def _up(args: argparse.Namespace) -> int:
     from ccr_box.server.runner import serve
 
     config, created = load_or_create(args.config)
-    config = _with_flags(config, args)
+
+    def adjust(reloaded: Config) -> Config:  # flags keep winning when the file is reloaded
+        return _with_flags(reloaded, args)
+
+    config = adjust(config)
     setup_logging(config.server.log_level, secrets_of(config))
     if created:
         print(
@@ -192,9 +196,9 @@ def _up(args: argparse.Namespace) -> int:
         # On a terminal: server and console in one process (--headless for the server alone).
         from ccr_box.tui.up import run_up_with_console
 
-        return run_up_with_console(config)
+        return run_up_with_console(config, adjust)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, config_adjust=adjust))
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # e.g. the port is taken: a clear line instead of a traceback

@@ -204,7 +204,10 @@ def set_values(text: str, values: Mapping[tuple[str, str], Any]) -> str:
 
 def assignment(key: str, value: Any) -> str:
     """One TOML line ``key = value`` (no newline), as ``tomli_w`` writes it."""
-    return tomli_w.dumps({key: list(value) if isinstance(value, tuple) else value}).strip()
+    if isinstance(value, list | tuple):  # one line, as a person would write it
+        items = (tomli_w.dumps({"v": item}).split("=", 1)[1].strip() for item in value)
+        return f"{key} = [{', '.join(items)}]"
+    return tomli_w.dumps({key: value}).strip()
 
 
 def _section_span(lines: list[str], section: str) -> tuple[int | None, int]:

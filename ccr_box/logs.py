@@ -24,8 +24,13 @@ class SecretMasker(logging.Filter):
         super().__init__()
         # Each secret also in its percent-encoded spellings (a bot token's ':' becomes '%3A' in a
         # URL). Longest first, so a secret that contains another is masked whole.
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too from now on (a live config reload may bring a new secret)."""
         variants = {v for s in secrets if s for v in (s, quote(s, safe=""), quote(s))}
-        self.secrets = sorted(variants, key=len, reverse=True)
+        self.secrets = sorted(variants | set(self.secrets), key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
@@ -76,6 +81,15 @@ def setup_logging(
     # aiohttp's own access log is replaced by AccessLogger below (logger ACCESS_LOGGER).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return masker
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Teach every masker on the root logger's handlers more secrets (see :func:`setup_logging`)."""
+    secrets = list(secrets)
+    for handler in logging.getLogger().handlers:
+        for each in handler.filters:
+            if isinstance(each, SecretMasker):
+                each.add(secrets)
 
 
 def masked_path(path: str) -> str:

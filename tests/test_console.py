@@ -280,3 +280,19 @@ async def test_missing_endpoints_are_told_apart_from_refusals(server: Harness) -
             await client.send_command("nope", "hi")
         assert (refused.value.status, refused.value.message) == (404, "Session not found")
         assert not is_missing(refused.value)  # a refusal, not a missing endpoint
+
+
+async def test_denied_chat_shows_a_toast_with_the_line_that_allows_it(server: Harness) -> None:
+    app = make_app(server)
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.live, "the live stream")
+        update = server.fake.make_message("999", "hi", from_id=999)
+        resp = await server.webhook(update)
+        assert resp.status == 200
+
+        def toast() -> str:
+            texts = [str(n.message) for n in app._notifications]
+            return next((t for t in texts if t.startswith("Ignored chat 999")), "")
+
+        await until(pilot, toast, "the denied-chat toast")
+        assert toast().endswith(f'allowed_chat_ids = ["{CHAT}", "999"]')

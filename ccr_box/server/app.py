@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -24,6 +24,7 @@ from ccr_box.server.notifier import Notifier
 from ccr_box.server.outbox import OutboxSender
 from ccr_box.server.pipeline import Pipeline
 from ccr_box.server.polling import Poller, learn_identity
+from ccr_box.server.reload import WATCH_INTERVAL_S, ConfigReloader
 from ccr_box.server.routes import setup_routes
 from ccr_box.server.state import ConfigRef, ServerState, TelegramStatus
 from ccr_box.server.telegram import TelegramAPI
@@ -41,6 +42,10 @@ class Options:
     idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S
     poll_timeout: int = limits.TELEGRAM_POLL_TIMEOUT_S
     synchronous: str = "FULL"  # SQLite durability; benchmarks may compare with NORMAL
+    watch_config: bool = True  # reload config.path live when it changes (needs config.path)
+    config_watch_interval_s: float = WATCH_INTERVAL_S
+    # Applied to every reloaded config, so command-line flags keep winning over the file.
+    config_adjust: Callable[[Config], Config] | None = None
 
 
 def make_app(
@@ -108,6 +113,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             asyncio.create_task(
                 app[keys.MAINTENANCE].run(options.maintenance_interval_s), name="maintenance"
             )
+        )
+    config = app[keys.CONFIG]
+    app[keys.RELOADER] = None
+    if options.watch_config and config.current.path is not None:
+        reloader = ConfigReloader(
+            config, app[keys.EVENTS], path=config.current.path, adjust=options.config_adjust
+        )
+        app[keys.RELOADER] = reloader
+        tasks.append(
+            asyncio.create_task(reloader.run(options.config_watch_interval_s), name="config-watch")
         )
     telegram, state = app[keys.TELEGRAM], app[keys.STATE]
     if options.telegram_inbound and telegram.enabled:

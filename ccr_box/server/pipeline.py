@@ -22,6 +22,7 @@ from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.protocol import chat_id_text
 from ccr_box.server import texts
+from ccr_box.server.denied import DeniedReporter
 from ccr_box.server.events import EventBus, preview
 from ccr_box.server.hub import Hub
 from ccr_box.server.notifier import Notifier
@@ -51,6 +52,7 @@ class Outcome:
     target: str | None = None
     claimed: list[dict[str, Any]] = field(default_factory=list)  # rows to send after commit
     queued: q.NewCommand | None = None  # the enqueued row (for the event)
+    denied: bool = False  # from a chat or user that is not allowed: reported, never answered
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Pipeline:
     ) -> None:
         self._db = db
         self._events = events or EventBus(clock)
+        self._denied = DeniedReporter(config, self._events, clock)
         self._clock = clock
         self._config = config
         self._hub = hub
@@ -104,6 +107,8 @@ class Pipeline:
             outcome = await self._db.write(job)
         except Duplicate:
             return
+        if outcome.denied:
+            self._denied.report(ctx.chat_id, ctx.user_id, update)
         self._after_commit(ctx, outcome)
         if outcome.queued is not None:
             cmd = outcome.queued
@@ -124,8 +129,8 @@ class Pipeline:
 
     def _decide(self, db: sqlite3.Connection, ctx: Context, now: int) -> Outcome:
         if not self._allowed(ctx):
-            log.info("update from a chat/user that is not allowed: chat=%s", ctx.chat_id)
-            return Outcome(answer=None if ctx.callback is not None else _NO_ANSWER)
+            answer = None if ctx.callback is not None else _NO_ANSWER
+            return Outcome(answer=answer, denied=ctx.message is not None or answer is None)
         if ctx.message is not None:
             return self._message(db, ctx, now)
         if ctx.callback is not None:

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from ccr_box.config import Config, api_key_is_token
 from ccr_box.logs import ACCESS_LOGGER, AccessLogger
-from ccr_box.server.app import make_app
+from ccr_box.server import keys
+from ccr_box.server.app import Options, make_app
 
 log = logging.getLogger("ccr_box.server")
 
@@ -54,11 +55,13 @@ async def serve(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     on_ready: Callable[[str, int], None] | None = None,
+    config_adjust: Callable[[Config], Config] | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM arrives); then shut down cleanly.
 
     ``on_ready(host, port)`` is called once the socket is bound (``up`` with the console runs
     the server on a thread of its own, where signals cannot be handled: ``handle_signals=False``).
+    SIGHUP re-reads the config file; ``config_adjust`` re-applies command-line flags to it.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,14 +70,19 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     for warning in startup_warnings(config):
         log.warning("%s", warning)
+    app = make_app(config, options=Options(config_adjust=config_adjust))
     runner = web.AppRunner(
-        make_app(config),
+        app,
         access_log_class=AccessLogger,
         access_log=logging.getLogger(ACCESS_LOGGER),
         handle_signals=False,
         shutdown_timeout=5.0,
     )
     await runner.setup()
+    reloader = app[keys.RELOADER]
+    if handle_signals and reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        signals += (signal.SIGHUP,)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
         await site.start()

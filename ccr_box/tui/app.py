@@ -69,6 +69,23 @@ class ActionDone(Message):
         self.ok, self.text = ok, text
 
 
+def operator_alert(kind: str, data: dict[str, Any]) -> tuple[str, str] | None:
+    """A toast for events the operator must act on: (text, severity), or None."""
+    if kind == "telegram.denied":
+        who = data.get("chatTitle") or data.get("chatUsername") or data.get("fromName") or "?"
+        allow = data.get("allowWith")
+        return f"Ignored chat {data.get('chatId')} ({who}). To allow it: {allow}", "warning"
+    if kind == "config.rejected":
+        return f"Config edit rejected, previous config kept: {data.get('error')}", "error"
+    if kind == "config.reloaded":
+        text = "Config reloaded: " + (", ".join(data.get("changed") or []) or "nothing live")
+        restart = ", ".join(data.get("needsRestart") or [])
+        if restart:
+            return f"{text} (restart needed for {restart})", "warning"
+        return text, "information"
+    return None
+
+
 class ConsoleApp(ConsoleActions, App[None]):
     TITLE = "ccr-box console"
     CSS = """
@@ -264,6 +281,9 @@ class ConsoleApp(ConsoleActions, App[None]):
         line = f"#{seq} {kind} {_plain(data if data is not None else '')}"
         for log in self.query("#events").results(Log):
             log.write_line(line)
+        alert = operator_alert(kind, data if isinstance(data, dict) else {})
+        if alert is not None:
+            self.notify(alert[0], severity=alert[1], timeout=15, markup=False)
         family = kind.partition(".")[0]
         known = REFRESH_KINDS.get(family)
         self.mark(known if known is not None else set(TABLES))  # action.*, overflow, ...

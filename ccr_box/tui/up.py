@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ccr_box.config import Config, secrets_of
@@ -19,9 +20,12 @@ START_TIMEOUT_S = 30.0
 
 
 class ServerThread(threading.Thread):
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, config_adjust: Callable[[Config], Config] | None = None
+    ) -> None:
         super().__init__(name="ccr-box-server", daemon=True)
         self.config = config
+        self.config_adjust = config_adjust
         self.ready = threading.Event()
         self.address: tuple[str, int] | None = None
         self.error: BaseException | None = None
@@ -35,7 +39,11 @@ class ServerThread(threading.Thread):
             self._loop = asyncio.get_running_loop()
             self._stop_event = asyncio.Event()
             await serve(
-                self.config, stop=self._stop_event, handle_signals=False, on_ready=self._bound
+                self.config,
+                stop=self._stop_event,
+                handle_signals=False,
+                on_ready=self._bound,
+                config_adjust=self.config_adjust,
             )
 
         try:
@@ -55,10 +63,12 @@ class ServerThread(threading.Thread):
         self.join(timeout=15)
 
 
-def run_up_with_console(config: Config) -> int:
+def run_up_with_console(
+    config: Config, config_adjust: Callable[[Config], Config] | None = None
+) -> int:
     log_file = Path(config.server.data_dir) / "server.log"
     setup_logging(config.server.log_level, secrets_of(config), log_file=log_file)
-    server = ServerThread(config)
+    server = ServerThread(config, config_adjust)
     server.start()
     if not server.ready.wait(START_TIMEOUT_S) or server.address is None:
         server.stop()
