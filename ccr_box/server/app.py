@@ -20,6 +20,7 @@ from ccr_box.server.events import EventBus
 from ccr_box.server.http import error_middleware
 from ccr_box.server.hub import Hub
 from ccr_box.server.maintenance import Maintenance
+from ccr_box.server.metrics import ServerMetrics
 from ccr_box.server.notifier import Notifier
 from ccr_box.server.outbox import OutboxSender
 from ccr_box.server.pipeline import Pipeline
@@ -83,12 +84,17 @@ async def _components(app: web.Application) -> AsyncIterator[None]:
     tg = config.current.telegram
     session = aiohttp.ClientSession()
     app[keys.HTTP] = session
-    telegram = TelegramAPI(session, tg.bot_token, base_url=tg.api_base)
+    metrics = ServerMetrics()
+    app[keys.METRICS] = metrics
+    telegram = TelegramAPI(
+        session, tg.bot_token, base_url=tg.api_base, on_error=metrics.telegram_error
+    )
     app[keys.TELEGRAM] = telegram
     notifier = Notifier(telegram, config)
     app[keys.NOTIFIER] = notifier
     state = app[keys.STATE]
     events = EventBus(app[keys.CLOCK])
+    events.add_listener(metrics.on_event)
     app[keys.EVENTS] = events
     hub = Hub(app[keys.DB], app[keys.CLOCK], notifier, state.boot_id, events)
     app[keys.HUB] = hub

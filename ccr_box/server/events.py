@@ -5,6 +5,8 @@
 never blocks and never does I/O: a subscriber whose queue is full is dropped, with a final
 ``{"kind":"overflow"}`` marker so it knows it missed events (it may re-read ``recent(after_seq)``).
 ``close()`` (server shutdown) ends every subscription with a final ``{"kind":"shutdown"}`` marker.
+Synchronous listeners (``add_listener``; the metrics) see every event inside ``publish``; one that
+raises is logged and never breaks the publisher.
 
 Events are published after the database commit they describe, never inside a write job. Their
 data is plain JSON values; untrusted text (commands, notification texts) stays data.
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ccr_box.clock import Clock
+
+log = logging.getLogger("ccr_box.events")
 
 HISTORY = 1000  # events kept for replay
 QUEUE_SIZE = 1000  # events a subscriber may lag behind before it is dropped
@@ -48,6 +53,7 @@ class EventBus:
         self._open = 0  # subscriptions not yet exited (dropped ones included)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def last_seq(self) -> int:
@@ -56,6 +62,18 @@ class EventBus:
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(event)`` synchronously for every event published from now on.
+
+        It must be quick and do no I/O (it runs inside the publisher); it must not change the
+        event. An exception it raises is logged and swallowed.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def publish(self, kind: str, **data: Any) -> dict[str, Any]:
         seq = next(self._seq)
@@ -68,6 +86,11 @@ class EventBus:
                 self._drop(queue, {"seq": seq, "at": event["at"], "kind": OVERFLOW, "data": {}})
             else:
                 queue.put_nowait(event)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener never breaks the publisher
+                log.exception("event listener failed on %s", kind)
         return event
 
     def recent(self, after_seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:

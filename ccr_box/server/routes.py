@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ccr_box.server import admin, notifications, sessions_api
+from ccr_box.server import admin, notifications, observe, sessions_api
 from ccr_box.server.auth import require_api_key
 from ccr_box.server.webhook import webhook_handler
 from ccr_box.server.ws import make_ws_handler
@@ -17,6 +17,8 @@ async def health(_request: web.Request) -> web.Response:
 def setup_routes(app: web.Application, *, idle_timeout_s: float) -> None:
     r = app.router
     r.add_route("*", "/health", health)
+    r.add_get("/ready", observe.ready, allow_head=False)  # open: no secrets, no ids
+    r.add_get("/metrics", observe.metrics_handler, allow_head=False)  # key unless metrics_public
     r.add_get("/sessions", require_api_key(sessions_api.list_sessions), allow_head=False)
     r.add_post("/sessions/register", require_api_key(sessions_api.register))
     r.add_post("/sessions/unregister", require_api_key(sessions_api.unregister))

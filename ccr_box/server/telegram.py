@@ -22,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ccr_box import limits
-from ccr_box.errors import TelegramPermanentError, TelegramTransientError
+from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
 
 log = logging.getLogger("ccr_box.telegram")
 
@@ -68,6 +68,13 @@ def is_other_poller_conflict(err: BaseException) -> bool:
     )
 
 
+def error_kind(err: TelegramError) -> str:
+    """``rate_limited``, ``transient`` or ``permanent``: how a failed call is counted."""
+    if isinstance(err, TelegramRateLimitedError):
+        return "rate_limited"
+    return "transient" if isinstance(err, TelegramTransientError) else "permanent"
+
+
 def _retry_after(payload: Any) -> float:
     """``parameters.retry_after`` of a 429 answer in seconds; 1 when missing or malformed."""
     params = payload.get("parameters") if isinstance(payload, dict) else None
@@ -79,7 +86,11 @@ def _retry_after(payload: Any) -> float:
 
 class TelegramAPI:
     """Bot API client bound to one token. ``enabled`` is False when the token is empty; calls then
-    fail with a :class:`TelegramPermanentError` (status 401) without touching the network."""
+    fail with a :class:`TelegramPermanentError` (status 401) without touching the network.
+
+    ``on_error(method, kind)`` (optional) hears of every call that raises after reaching for the
+    network, with ``kind`` from :func:`error_kind`: the server counts them in its metrics.
+    """
 
     def __init__(
         self,
@@ -89,8 +100,10 @@ class TelegramAPI:
         base_url: str = "https://api.telegram.org",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         call_timeout_s: float = limits.TELEGRAM_CALL_TIMEOUT_S,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self._session = session
+        self._on_error = on_error
         self._token = token or ""
         self._base_url = base_url.rstrip("/")
         self._sleep = sleep
@@ -121,6 +134,27 @@ class TelegramAPI:
         """
         if not self.enabled:
             raise TelegramPermanentError(method, 401, dict(_NO_TOKEN_PAYLOAD))
+        try:
+            return await self._call(method, payload, timeout_s, wait_budget_s)
+        except TelegramError as exc:
+            self._report(method, exc)
+            raise
+
+    def _report(self, method: str, exc: TelegramError) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(method, error_kind(exc))
+        except Exception:  # counting never changes what the caller sees
+            log.exception("Telegram error callback failed")
+
+    async def _call(
+        self,
+        method: str,
+        payload: dict[str, Any] | None,
+        timeout_s: float | None,
+        wait_budget_s: float | None,
+    ) -> Any:
         waited = 0.0
         retries = 0
         while True:
