@@ -22,7 +22,8 @@ _MARKERS = ("@API_KEY@", "@WEBHOOK_SECRET@", "@WEBHOOK_PATH_SECRET@")
 TEMPLATE = """\
 # ccr-box configuration.
 #
-# `ccr-box up` writes this file on its first run (mode 0600) with freshly generated secrets.
+# `ccr-box init` (guided setup) or the first `ccr-box up` writes this file (mode 0600) with
+# freshly generated secrets.
 # Every setting also has an environment variable (named under each key). A variable set to a
 # non-empty value wins over this file, which wins over the built-in default; an empty variable
 # counts as unset. Commented-out lines show the default: remove the '#' to change a value.
@@ -84,8 +85,9 @@ bot_token = ""
 #   "polling" - ccr-box asks Telegram for updates (getUpdates). Needs no public URL: the right
 #               choice for a home server. Only one process may poll a given bot token.
 #   "webhook" - Telegram POSTs updates to <public base>/webhook/telegram/<webhook_path_secret>.
-#               Needs a public HTTPS URL (reverse proxy or tunnel). ccr-box does not call
-#               setWebhook itself; register it once, for example:
+#               Needs a public HTTPS URL (reverse proxy or tunnel). The server does not call
+#               setWebhook itself: `ccr-box init --mode webhook --webhook-url https://...`
+#               registers it, or do it once by hand, for example:
 #                 curl -sS "https://api.telegram.org/bot<bot_token>/setWebhook" \\
 #                   -d url="https://ccr.example.com/webhook/telegram/<webhook_path_secret>" \\
 #                   -d secret_token="<webhook_secret>" \\
@@ -268,6 +270,43 @@ def write_initial(path: Path, values: Mapping[tuple[str, str], Any] | None = Non
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def update_file(path: Path, values: Mapping[tuple[str, str], Any]) -> None:
+    """Set ``values`` (``{(section, key): value}``) in the existing config file at ``path``.
+
+    Everything else stays as it was: comments, the secrets, other keys (see :func:`set_values`).
+    The rewrite is atomic: the new text goes to a private temporary file (mode 0600, fsynced) in
+    the same directory, which then replaces the file; a crash leaves the old file or the new one,
+    never half of each. The result always has mode 0600. A symlinked file is updated where it
+    points. Raises :class:`FileNotFoundError` when ``path`` does not exist.
+    """
+    target = Path(os.path.realpath(path))
+    text = target.read_bytes().decode("utf-8")  # bytes: keeps the file's line endings
+    data = set_values(text, values).encode("utf-8")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    _write_new(tmp, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_new(path: Path, data: bytes) -> None:
