@@ -92,6 +92,8 @@ class FakeTelegram:
         self.webhook: dict[str, Any] | None = None
         self.updates: list[dict[str, Any]] = []  # pending (unconfirmed) updates
         self.allowed_updates: list[str] | None = None  # last allowed_updates seen (sticky)
+        # getWebhookInfo's last_error_date / last_error_message, set by tests: (unix time, text)
+        self.webhook_last_error: tuple[int, str] | None = None
 
         self._next_update_id = 1
         self._next_message_id = 1000  # messages sent by the bot
@@ -461,4 +463,6 @@ class FakeTelegram:
         }
         if self.webhook and self.webhook.get("allowed_updates") is not None:
             info["allowed_updates"] = list(self.webhook["allowed_updates"])
+        if self.webhook and self.webhook_last_error is not None:
+            info["last_error_date"], info["last_error_message"] = self.webhook_last_error
         return _ok(info)

@@ -14,23 +14,11 @@ from ccr_box.errors import CcrBoxError, TelegramError
 from ccr_box.ops.init_chats import choose_chats
 from ccr_box.ops.init_common import Bot, InitRun, InitUsageError, read_secret_file, url_problem
 from ccr_box.ops.telegram_words import explain
+from ccr_box.ops.webhook_state import WEBHOOK_ROUTE, full_webhook_url
 
 DEFAULT_API_BASE = TelegramConfig().api_base
-WEBHOOK_ROUTE = "/webhook/telegram"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ANY = ("0.0.0.0", "::", "")
-
-
-def full_webhook_url(base_or_full: str, path_secret: str) -> str:
-    """The URL Telegram must call: ``<base>/webhook/telegram/<path secret>``.
-
-    ``base_or_full`` may already end in ``/webhook/telegram[/...]``; the path secret is then
-    replaced by the current one.
-    """
-    url = base_or_full.rstrip("/")
-    head, marker, _ = url.partition(WEBHOOK_ROUTE)
-    base = head if marker else url
-    return f"{base}{WEBHOOK_ROUTE}/{path_secret}" if path_secret else f"{base}{WEBHOOK_ROUTE}"
 
 
 def run_server_init(run: InitRun) -> int:

@@ -59,12 +59,12 @@ def explain(exc: TelegramError) -> str:
             "another program is reading this bot's updates (a running `ccr-box up` in polling "
             "mode?): stop it first; only one process may poll a bot"
         )
-    if exc.status == 403:
-        return f"Telegram refused: {description or 'forbidden'}"
     lowered = description.lower()
     for fragment, meaning in _DESCRIPTIONS:
         if fragment in lowered:
             return f"{meaning} (Telegram said: {description})"
+    if exc.status == 403:
+        return f"Telegram refused: {description or 'forbidden'}"
     return f"Telegram refused {exc.method}: {description or f'HTTP {exc.status}'}"
 
 
