@@ -155,45 +155,28 @@ def _chat_id(run: InitRun) -> str | None:
 
 async def check_server(server_url: str, api_key: str) -> list[str]:
     """Lines about the server: does it answer /health, does it accept the API key."""
-    import aiohttp
+    from ccr_box.ops.probe import probe_server
 
-    timeout = aiohttp.ClientTimeout(total=_CHECK_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        try:
-            async with session.get(f"{server_url}/health") as resp:
-                health = (resp.status, (await resp.text()).strip())
-            async with session.get(
-                f"{server_url}/sessions", headers={"Authorization": f"Bearer {api_key}"}
-            ) as resp:
-                sessions_status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return [
-                f"Warning: cannot reach {server_url} ({_reason(exc)}). Is `ccr-box up` running "
-                "there, and can this machine reach that address and port?"
-            ]
-    if health != (200, "ok"):
+    probe = await probe_server(server_url, api_key, timeout_s=_CHECK_TIMEOUT_S)
+    if probe.unreachable:
+        return [
+            f"Warning: cannot reach {server_url} ({probe.unreachable}). Is `ccr-box up` running "
+            "there, and can this machine reach that address and port?"
+        ]
+    if not probe.is_ccr_box:
+        status = probe.health[0] if probe.health else "?"
         return [
             f"Warning: {server_url} does not look like a ccr-box server (/health answered "
-            f"HTTP {health[0]}). Check the URL."
+            f"HTTP {status}). Check the URL."
         ]
     lines = [f"Server {server_url} is up."]
-    if sessions_status == 200:
+    if probe.key_status == 200:
         lines.append("API key accepted.")
-    elif sessions_status == 401:
+    elif probe.key_status == 401:
         lines.append(
             "Warning: the API key is wrong: the server refused it. Copy [server] api_key from the "
             "server's config file and run init again."
         )
     else:
-        lines.append(f"Warning: the server answered HTTP {sessions_status} to an API key check.")
+        lines.append(f"Warning: the server answered HTTP {probe.key_status} to an API key check.")
     return lines
-
-
-def _reason(exc: BaseException) -> str:
-    """Plain words for a connection failure (no URL: the caller shows it)."""
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {_CHECK_TIMEOUT_S} s"
-    os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return os_error.strerror.lower()
-    return type(exc).__name__
