@@ -143,7 +143,7 @@ async def test_a_webhook_in_polling_mode_and_a_missing_webhook_in_webhook_mode_f
     cfg = write_config(tmp_path / "webhook.toml", None, fake_telegram, telegram__mode="webhook")
     assert await doctor(cfg, "--server") == 1
     out = capsys.readouterr().out
-    assert "webhook mode: webhook mode, but no webhook is registered" in out
+    assert "✗ webhook   webhook mode, but no webhook is registered" in out
     assert "ccr-box telegram webhook set --url" in out
 
 

@@ -75,7 +75,8 @@ async def telegram(tg: TelegramConfig) -> list[Check]:
         except TelegramError as exc:
             return [*checks, Check("webhook", WARN, f"cannot read the webhook: {explain(exc)}")]
     for finding in assess(info, tg):
-        text = f"{tg.mode} mode: {finding.text}"
+        # Name the mode once: some findings already do.
+        text = finding.text if "mode" in finding.text else f"{tg.mode} mode: {finding.text}"
         checks.append(Check("webhook", finding.level, text, finding.fix))
     return checks
 
