@@ -1,6 +1,6 @@
 """CLI equivalents of the operator console: ``ccr-box machines|sessions|commands|retry|...``.
 
-Every command talks to a running server through :class:`ccr_box.tui.client.AdminClient`. Server
+Every command talks to a running server through :class:`ccr_box.client.admin.AdminClient`. Server
 URL and key: ``--url`` > ``[agent] server_url`` > ``http://<server.host>:<server.port>``; the key
 is ``[agent] api_key`` (which defaults to ``[server] api_key``; ``CCR_API_KEY`` sets both).
 Tables are built from plain ``rich.text.Text`` cells: labels, commands and errors come from
@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
-from ccr_box.errors import ConfigError
+from ccr_box.client.present import age, plain, shorten
 
 COMMANDS = ("machines", "sessions", "commands", "retry", "reassign", "unregister")
 STATUSES = ("pending", "sent", "acked", "dead")
@@ -60,27 +58,14 @@ def _limit(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for every command of :data:`COMMANDS` (errors are reported by ``cli.main``)."""
-    url, api_key = _target(args)
+    from ccr_box.client.admin import admin_target
+
+    url, api_key = admin_target(args.config, args.url)
     return asyncio.run(_run(args, url, api_key))
 
 
-def _target(args: argparse.Namespace) -> tuple[str, str]:
-    from ccr_box.agent.commands import load_machine_config
-    from ccr_box.tui.client import default_target
-
-    url, api_key = default_target(load_machine_config(args.config))
-    if args.url:
-        parts = urlsplit(args.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError("--url", "must be an http:// or https:// URL")
-        url = args.url.rstrip("/")
-    if not api_key:
-        raise ConfigError("agent.api_key (CCR_API_KEY)", "is required: the server's server.api_key")
-    return url, api_key
-
-
 async def _run(args: argparse.Namespace, url: str, api_key: str) -> int:
-    from ccr_box.tui.client import AdminClient
+    from ccr_box.client.admin import AdminClient
 
     async with AdminClient(url, api_key) as admin:
         name = args.command
@@ -93,13 +78,13 @@ async def _run(args: argparse.Namespace, url: str, api_key: str) -> int:
             return _show(args, rows, _commands_table)
         if name == "retry":
             await admin.retry(args.command_id)
-            print(f"Command {_plain(args.command_id)} queued again.")
+            print(f"Command {plain(args.command_id)} queued again.")
         elif name == "reassign":
             await admin.reassign(args.command_id, args.session)
-            print(f"Command {_plain(args.command_id)} moved to session {_plain(args.session)}.")
+            print(f"Command {plain(args.command_id)} moved to session {plain(args.session)}.")
         elif name == "unregister":
             await admin.unregister(args.session_id)
-            print(f"Session {_plain(args.session_id)} removed.")
+            print(f"Session {plain(args.session_id)} removed.")
     return 0
 
 
@@ -119,36 +104,11 @@ def _show(args: argparse.Namespace, data: Any, table: Any) -> int:
 
 # -- tables ---------------------------------------------------------------------------------------
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _plain(value: Any) -> str:
-    """One line of inert text: whitespace collapsed, control and bidi characters replaced."""
-    if value is None:
-        return ""
-    text = " ".join(str(value).split())
-    return _UNSAFE.sub("\ufffd", text)
-
 
 def _cell(value: Any, style: str = "") -> Any:
     from rich.text import Text
 
-    return Text(_plain(value), style=style)
-
-
-def age(ms: int | None, now_ms: int) -> str:
-    """``"3m ago"`` (``"in 2h"`` for a future time, ``""`` for none)."""
-    if ms is None:
-        return ""
-    delta = (now_ms - ms) // 1000
-    ahead, delta = delta < 0, abs(delta)
-    if delta < 5 and not ahead:
-        return "just now"
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
-        if delta >= size or size == 1:
-            amount = f"{delta // size}{unit}"
-            return f"in {amount}" if ahead else f"{amount} ago"
-    raise AssertionError("unreachable")
+    return Text(plain(value), style=style)
 
 
 def _table(*columns: str) -> Any:
@@ -207,13 +167,8 @@ def _commands_table(rows: list[dict[str, Any]], now: int) -> Any:
             _cell(c.get("session_id")),
             _cell(c.get("attempts")),
             _cell(age(c.get("created_at"), now)),
-            _cell(_shorten(c.get("command"))),
+            _cell(shorten(c.get("command"))),
             _cell(error),
             style="red" if status == "dead" else None,
         )
     return table
-
-
-def _shorten(value: Any, width: int = 60) -> str:
-    text = _plain(value)
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -13,9 +13,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ccr_box import __version__
-from ccr_box.config import Config, load, load_or_create, redacted, resolve_config_path, to_toml
+from ccr_box.config import (
+    Config,
+    load_machine_config,
+    load_or_create,
+    redacted,
+    resolve_config_path,
+    to_toml,
+)
 from ccr_box.errors import CcrBoxError, ConfigError
 
 
@@ -105,7 +113,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(path)
         return 0
     if args.config_command == "show":
-        config = load(path) if path.exists() else _defaults_from_env(path)
+        config = load_machine_config(path)
         view = redacted(config)
         print(
             json.dumps(view, indent=2) if args.json else to_toml(view),
@@ -119,12 +127,6 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     parser.parse_args(["config", "--help"])
     return 2
-
-
-def _defaults_from_env(path: Path) -> Config:
-    from ccr_box.config import parse
-
-    return parse("", env=os.environ, path=path)
 
 
 def _env_overrides(config: Config, path: Path) -> list[str]:
@@ -147,7 +149,7 @@ def _env_overrides(config: Config, path: Path) -> list[str]:
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
     """Command-line flags win over env vars and the file."""
     server = config.server
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if args.host:
         changes["host"] = args.host
     if args.port is not None:
@@ -159,6 +161,24 @@ def _with_flags(config: Config, args: argparse.Namespace) -> Config:
     if args.log_level:
         changes["log_level"] = args.log_level
     return dataclasses.replace(config, server=dataclasses.replace(server, **changes))
+
+
+def first_run_notice(config: Config) -> str:
+    """What ``ccr-box up`` says in the console when it has just created the config file."""
+    lines = [f"First run: created {config.path} with freshly generated secrets (mode 0600)."]
+    tg = config.telegram
+    if not tg.bot_token:
+        lines.append(
+            "Telegram is off: the console, agents and hooks work without it. To add a bot, run "
+            "`ccr-box init` (or set telegram.bot_token and telegram.allowed_chat_ids), then "
+            "restart."
+        )
+    elif not tg.allowed_chat_ids:
+        lines.append(
+            "No chat is allowed yet, so Telegram accepts and sends nothing: run `ccr-box init` "
+            "(or set telegram.allowed_chat_ids)."
+        )
+    return "\n".join(lines)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -173,7 +193,10 @@ def _up(args: argparse.Namespace) -> int:
 
     config = adjust(config)
     setup_logging(config.server.log_level, secrets_of(config))
-    if created:
+    console = not args.headless and sys.stdin.isatty() and sys.stdout.isatty()
+    # In the console the first-run notice is shown inside it (printed here, it would only be
+    # seen after the console quits); without it, on stderr.
+    if created and not console:
         print(
             f"ccr-box: created {config.path} with freshly generated secrets (mode 0600).",
             file=sys.stderr,
@@ -192,11 +215,12 @@ def _up(args: argparse.Namespace) -> int:
                 "  the server is starting now with what it has.",
                 file=sys.stderr,
             )
-    if not args.headless and sys.stdin.isatty() and sys.stdout.isatty():
+    if console:
         # On a terminal: server and console in one process (--headless for the server alone).
         from ccr_box.tui.up import run_up_with_console
 
-        return run_up_with_console(config, adjust)
+        notice = first_run_notice(config) if created else None
+        return run_up_with_console(config, adjust, notice=notice)
     try:
         asyncio.run(serve(config, config_adjust=adjust))
     except KeyboardInterrupt:

@@ -347,6 +347,17 @@ def resolve_config_path(explicit: str | Path | None, env: Mapping[str, str]) -> 
     return Path(chosen).expanduser() if chosen else default_config_path()
 
 
+def load_machine_config(explicit: str | Path | None = None) -> Config:
+    """The config file when there is one; else (a bare agent machine) defaults + environment.
+
+    What every command but ``up`` reads; nothing is written.
+    """
+    path = resolve_config_path(explicit, os.environ)
+    if path.exists():
+        return load(path)
+    return parse("", env=os.environ, path=path)
+
+
 def load_or_create(
     explicit_path: str | Path | None = None, *, env: Mapping[str, str] | None = None
 ) -> tuple[Config, bool]:

@@ -1,4 +1,8 @@
-"""The commented config file: its template and the one-time, never-overwriting write.
+"""The commented config file: its template, the one-time write, and every later edit.
+
+Edits (``ccr-box init``, the hint line of a denied chat) go through tomlkit, which keeps the
+user's comments, layout and multi-line values; every write goes through
+:func:`ccr_box.files.atomic_write`.
 
 ``config.example.toml`` at the top of the repository is exactly ``render_template()`` (empty
 secrets); a test keeps the two identical. Regenerate it with
@@ -15,7 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
+from tomlkit.items import Array, Comment, Item, Null, Table
+
+from ccr_box.files import atomic_write
 
 _MARKERS = ("@API_KEY@", "@WEBHOOK_SECRET@", "@WEBHOOK_PATH_SECRET@")
 
@@ -175,54 +182,81 @@ def render_template(
 
 
 def set_values(text: str, values: Mapping[tuple[str, str], Any]) -> str:
-    """``text`` with each ``(section, key)`` set to a value, keeping every comment.
+    """``text`` with each ``(section, key)`` set to a value; everything else stays byte for byte.
 
-    The key's line in its section (``key = ...`` or the commented default ``# key = ...``) is
-    replaced by ``key = <value>``; a key with no such line is added at the end of its section, and
-    a missing section is appended. Used by ``ccr-box init`` and to show the exact line that would
-    allow a chat.
+    The text is edited as a TOML document (tomlkit), not as lines: comments, blank lines, the
+    order of tables and keys, spacing, unknown keys and multi-line values survive, and the result
+    is always valid TOML. A key that is set keeps its inline comment, and a multi-line array stays
+    multi-line. A key whose value is already the one asked for is not touched. A key that is not
+    set but has a commented default in its section (``# key = ...``, as in the template) is set on
+    that line; any other missing key goes at the end of its section, and a missing section is
+    appended. Used by ``ccr-box init`` and by tests; raises :class:`ValueError` (tomlkit's
+    ``ParseError``) when ``text`` is not TOML, or when the section is not a table.
     """
-    lines = text.splitlines(keepends=True)
+    document = tomlkit.parse(text)
     for (section, key), value in values.items():
-        new = assignment(key, value) + "\n"
-        start, end = _section_span(lines, section)
-        if start is None:
-            if lines and not lines[-1].endswith("\n"):
-                lines[-1] += "\n"
-            lines += ["\n", f"[{section}]\n", new]
-            continue
-        pattern = re.compile(rf"^\s*#?\s*{re.escape(key)}\s*=")
-        hits = [i for i in range(start, end) if pattern.match(lines[i])]
-        live = [i for i in hits if not lines[i].lstrip().startswith("#")]
-        if live or hits:
-            lines[(live or hits)[0]] = new
-        else:
-            last = end
-            while last > start and not lines[last - 1].strip():
-                last -= 1
-            lines.insert(last, new)
-    return "".join(lines)
+        _set_value(document, section, key, _plain(value))
+    return document.as_string()
 
 
 def assignment(key: str, value: Any) -> str:
-    """One TOML line ``key = value`` (no newline), as ``tomli_w`` writes it."""
-    if isinstance(value, list | tuple):  # one line, as a person would write it
-        items = (tomli_w.dumps({"v": item}).split("=", 1)[1].strip() for item in value)
-        return f"{key} = [{', '.join(items)}]"
-    return tomli_w.dumps({key: value}).strip()
+    """One TOML line ``key = value`` (no newline), as :func:`set_values` writes it.
+
+    Lists stay on one line, as a person would write them (the hint line of a denied chat).
+    """
+    return tomlkit.dumps({key: _plain(value)}).rstrip("\n")
 
 
-def _section_span(lines: list[str], section: str) -> tuple[int | None, int]:
-    """(first line after ``[section]``, index of the next section header or the end)."""
-    header = re.compile(r"^\s*\[([^\]]+)\]\s*(#.*)?$")
-    start = None
-    for i, line in enumerate(lines):
-        found = header.match(line)
-        if found and start is not None:
-            return start, i
-        if found and found.group(1).strip() == section:
-            start = i + 1
-    return start, len(lines)
+def _set_value(document: tomlkit.TOMLDocument, section: str, key: str, value: Any) -> None:
+    table = document.get(section)
+    if table is None:
+        table = tomlkit.table()
+        table[key] = value
+        document[section] = table
+        return
+    if not isinstance(table, dict):  # Table, InlineTable or a table split in pieces
+        raise ValueError(f"[{section}] is not a table in this file")
+    if key in table:
+        old = table[key]
+        if _same(old.unwrap() if isinstance(old, Item) else old, value):
+            return
+        new = tomlkit.item(value)
+        if isinstance(old, Array) and isinstance(new, Array) and "\n" in old.as_string():
+            new.multiline(True)
+        table[key] = new
+        return
+    if isinstance(table, Table) and _replace_commented_default(table, key, tomlkit.item(value)):
+        return
+    table[key] = value
+
+
+def _replace_commented_default(table: Table, key: str, item: Item) -> bool:
+    """Put ``item`` where ``# key = ...`` is, in place of that comment line; False if none."""
+    commented = re.compile(rf"#\s*{re.escape(key)}\s*=")
+    body = table.value.body
+    for index, (name, entry) in enumerate(body):
+        if name is None and isinstance(entry, Comment) and commented.match(entry.trivia.comment):
+            item.trivia.indent = entry.trivia.indent
+            item.trivia.trail = entry.trivia.trail
+            table.value._insert_at(index, key, item)  # no public "insert at": tomlkit internals
+            body[index + 1] = (None, Null())  # the comment line; renders as nothing
+            dict.__setitem__(table, key, item)  # Table mirrors its container, as table[key] = does
+            return True
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (tomlkit writes both as arrays, compares only lists)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal and of the same TOML type (``True`` is not ``1``, ``"1"`` is not ``1``)."""
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(map(_same, old, new))
+    return type(old) is type(new) and old == new
 
 
 def generate_secrets() -> dict[str, str]:
@@ -252,72 +286,29 @@ def write_initial(path: Path, values: Mapping[tuple[str, str], Any] | None = Non
     """Write a fresh commented config with generated secrets to ``path`` (mode 0600).
 
     ``values`` (``{(section, key): value}``) are set on top of the template (see
-    :func:`set_values`). Never overwrites: raises :class:`FileExistsError` when ``path`` exists. The file appears
-    atomically (written to a private temporary file, then hard-linked into place, which fails if
-    the target exists); where hard links are unsupported it is created with O_EXCL directly.
+    :func:`set_values`). Missing parent directories are created with mode 0700. Never
+    overwrites: raises :class:`FileExistsError` when ``path`` exists. The file appears atomically
+    and complete (:func:`ccr_box.files.atomic_write` with ``exclusive=True``).
     """
     path = Path(path)
     _make_private_dirs(path.parent)
-    data = set_values(render_template(**generate_secrets()), values or {}).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    _write_new(tmp, data)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:  # no hard links here (some network or FUSE file systems)
-        _write_new(path, data)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    text = set_values(render_template(**generate_secrets()), values or {})
+    atomic_write(path, text, mode=0o600, exclusive=True)
 
 
 def update_file(path: Path, values: Mapping[tuple[str, str], Any]) -> None:
     """Set ``values`` (``{(section, key): value}``) in the existing config file at ``path``.
 
-    Everything else stays as it was: comments, the secrets, other keys (see :func:`set_values`).
-    The rewrite is atomic: the new text goes to a private temporary file (mode 0600, fsynced) in
-    the same directory, which then replaces the file; a crash leaves the old file or the new one,
-    never half of each. The result always has mode 0600. A symlinked file is updated where it
-    points. Raises :class:`FileNotFoundError` when ``path`` does not exist.
+    Everything else stays as it was: comments, layout, the secrets, other keys (see
+    :func:`set_values`). The rewrite is atomic and durable (:func:`ccr_box.files.atomic_write`): a
+    crash leaves the old file or the new one, never half of each. The result always has mode 0600
+    (the file holds secrets). A symlinked file is updated where it points. Raises
+    :class:`FileNotFoundError` when ``path`` does not exist and :class:`ValueError` when it is not
+    TOML.
     """
     target = Path(os.path.realpath(path))
     text = target.read_bytes().decode("utf-8")  # bytes: keeps the file's line endings
-    data = set_values(text, values).encode("utf-8")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    _write_new(tmp, data)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(target, set_values(text, values), mode=0o600)
 
 
 if __name__ == "__main__":  # python -m ccr_box.config_file > config.example.toml

@@ -22,6 +22,8 @@ MAX_WS_FRAME_BYTES = 65_536
 MAX_WS_TRANSPORT_BYTES = 1024 * 1024
 WS_IDLE_TIMEOUT_S = 120.0
 MAX_HTTP_BODY = 1024 * 1024
+# Nesting of any JSON body or frame (ccr-box): Telegram updates and CCR frames stay under 10.
+MAX_JSON_DEPTH = 64
 TELEGRAM_CHUNK = 4096
 TELEGRAM_MAX_CHUNKS = 10
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -46,3 +48,12 @@ def send_backoff_ms(previous_attempts: int) -> int:
     if previous_attempts >= 9:
         return SEND_BACKOFF_CAP_MS
     return min(SEND_BACKOFF_BASE_MS * (2 ** max(previous_attempts, 0)), SEND_BACKOFF_CAP_MS)
+
+
+# Authentication failure throttle (ccr_box/server/throttle.py; ccr-box improvement)
+AUTH_THROTTLE_FREE_FAILURES = 10  # 401s per address per window before any block
+AUTH_THROTTLE_WINDOW_MS = 60 * SECOND_MS  # sliding window the failures are counted over
+AUTH_THROTTLE_BASE_DELAY_MS = 250  # first block; doubles with each further failure
+AUTH_THROTTLE_MAX_DELAY_MS = 2 * SECOND_MS  # longest block: a shared address is never locked out
+AUTH_THROTTLE_MAX_ADDRESSES = 4096  # addresses remembered (least recently failing forgotten)
+WS_SEND_TIMEOUT_S = 30.0  # a frame the agent's socket does not take in this long: drop it (hub)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccr_box import limits
+from ccr_box.wire import BadJson, decode_json
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def decode(payload: str | bytes) -> Frame | None:
     if isinstance(payload, bytes):
         if len(payload) > limits.MAX_WS_FRAME_BYTES:
             return None
-        try:
+        try:  # binary frames are UTF-8 (§4.4): no BOM sniffing, no UTF-16/32
             payload = payload.decode("utf-8")
         except UnicodeDecodeError:
             return None
@@ -130,8 +131,9 @@ def decode(payload: str | bytes) -> Frame | None:
     ):
         return None
     try:
-        data = json.loads(payload)
-    except ValueError:
+        # Not UTF-8, too deep, lone surrogates, NaN: dropped like any malformed frame (§4.4).
+        data = decode_json(payload)
+    except BadJson:
         return None
     if not isinstance(data, dict):
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, TypeGuard
 
 from ccr_box.limits import TELEGRAM_CHUNK, TELEGRAM_MAX_CHUNKS
 
@@ -117,7 +117,7 @@ def _rebase(entities: list[dict[str, Any]], lo: int, hi: int) -> list[dict[str, 
             continue
         offset, length = ent.get("offset"), ent.get("length")
         # Without integer offset/length an entity cannot be placed; drop it rather than guess.
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, length)):
+        if not _is_int(offset) or not _is_int(length):
             continue
         s, e = max(offset, lo), min(offset + length, hi)
         if e > s:
@@ -172,3 +172,7 @@ def split_message(
             piece += TRUNCATION_MARKER
         chunks.append(Chunk(piece, ents))
     return chunks
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

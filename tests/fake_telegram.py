@@ -6,7 +6,9 @@ Nothing is patched. The fake answers like Telegram: Telegram-shaped JSON errors,
 set or when a newer ``getUpdates`` takes over.
 
 Failure injection: :meth:`FakeTelegram.fail_next` (HTTP error answers), :meth:`drop_connections_for`
-(connection closed without an answer), :meth:`hang_next` (no answer until the client gives up).
+(connection closed without an answer), :meth:`hang_next` (no answer until the client gives up),
+:meth:`slow_next` (the call takes effect, the answer comes late), :meth:`lose_answer_next` (the call
+takes effect, then the connection closes without an answer: the client cannot know it worked).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -74,6 +76,14 @@ def _ok(result: Any, description: str | None = None) -> web.Response:
     return web.json_response(body)
 
 
+class _Fault(NamedTuple):
+    kind: str  # status | drop | hang | slow | lose
+    status: int = 0
+    retry_after: int | None = None
+    description: str | None = None
+    delay_s: float = 0.0
+
+
 class FakeTelegram:
     """A running fake Bot API. Use ``async with FakeTelegram() as fake:`` or start()/close()."""
 
@@ -99,9 +109,7 @@ class FakeTelegram:
         self._next_message_id = 1000  # messages sent by the bot
         self._next_inbound_id = itertools.count(1)  # messages "typed" by users
         self._next_callback_id = itertools.count(1)
-        self._failures: dict[str, deque[tuple[str, int, int | None, str | None]]] = defaultdict(
-            deque
-        )
+        self._failures: dict[str, deque[_Fault]] = defaultdict(deque)
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._poll_generation = 0
@@ -156,17 +164,36 @@ class FakeTelegram:
     ) -> None:
         """The next ``times`` calls of ``method`` answer HTTP ``status`` with Telegram's error JSON."""
         for _ in range(times):
-            self._failures[method].append(("status", status, retry_after, description))
+            self._failures[method].append(_Fault("status", status, retry_after, description))
 
     def drop_connections_for(self, method: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` get their connection closed without an answer."""
         for _ in range(times):
-            self._failures[method].append(("drop", 0, None, None))
+            self._failures[method].append(_Fault("drop"))
 
     def hang_next(self, method: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` never get an answer (until close())."""
         for _ in range(times):
-            self._failures[method].append(("hang", 0, None, None))
+            self._failures[method].append(_Fault("hang"))
+
+    def slow_next(self, method: str, seconds: float, *, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` take effect at once (a message is sent, updates
+        are handed out) but their answer leaves only ``seconds`` later (or at close()). A client
+        that gives up first never learns the outcome. ``seconds=0`` lets a call through untouched:
+        it aims a later injected fault at a later call (e.g. the second chunk of a notification).
+        """
+        for _ in range(times):
+            self._failures[method].append(_Fault("slow", delay_s=seconds))
+
+    def lose_answer_next(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` take effect, then their connection is closed
+        without an answer (Telegram did it; the client sees a network error)."""
+        for _ in range(times):
+            self._failures[method].append(_Fault("lose"))
+
+    def pending_faults(self, method: str) -> int:
+        """Injected faults of ``method`` not consumed yet."""
+        return len(self._failures.get(method, ()))
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` is true; re-checked after every received call or change."""
@@ -307,23 +334,34 @@ class FakeTelegram:
         method = handler[0] if handler else method_name
         self.calls.append((method, payload))
         self._notify()
-        if self._failures.get(method):
-            kind, status, retry_after, description = self._failures[method].popleft()
-            if kind == "drop":
-                if request.transport is not None:
-                    request.transport.close()
-                return web.Response()  # never written: the connection is gone
-            if kind == "hang":
-                await self._closing.wait()
-                return _error(500, "Internal Server Error")
+        fault = self._failures[method].popleft() if self._failures.get(method) else None
+        if fault is not None and fault.kind == "drop":
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()  # never written: the connection is gone
+        if fault is not None and fault.kind == "hang":
+            await self._closing.wait()
+            return _error(500, "Internal Server Error")
+        if fault is not None and fault.kind == "status":
+            description = fault.description
             if description is None:
-                description = _DEFAULT_DESCRIPTIONS.get(status, f"Error {status}")
-                description = description.format(retry_after=retry_after or 1)
-            return _error(status, description, retry_after)
+                description = _DEFAULT_DESCRIPTIONS.get(fault.status, f"Error {fault.status}")
+                description = description.format(retry_after=fault.retry_after or 1)
+            return _error(fault.status, description, fault.retry_after)
         if handler is None:
             return _error(404, "Not Found")
         response = await handler[1](payload)
         self._notify()
+        if fault is not None and fault.kind == "lose":
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()  # never written: the connection is gone
+        if fault is not None and fault.kind == "slow" and fault.delay_s > 0:
+            try:
+                async with asyncio.timeout(fault.delay_s):
+                    await self._closing.wait()
+            except TimeoutError:
+                pass
         return response
 
     @staticmethod

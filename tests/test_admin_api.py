@@ -94,7 +94,8 @@ async def test_status_shape(server: Harness) -> None:
     assert list(status) == ["bootId", "startedAt", "telegram"]
     assert re.fullmatch(r"[0-9a-f]{8}", status["bootId"])
     assert status["startedAt"] == server.clock.now_ms()
-    assert list(status["telegram"]) == ["mode", "state", "lastError"]
+    assert list(status["telegram"]) == ["mode", "state", "lastError", "allowedChats"]
+    assert status["telegram"]["allowedChats"] == 1  # the harness allows one chat; never its id
     assert status["telegram"]["mode"] == "webhook"
     assert status["telegram"]["state"] in {"starting", "ok", "error", "conflict"}
     # The bootId is the one agents receive.
@@ -107,7 +108,12 @@ async def test_status_with_telegram_off(start_server) -> None:
     server = await start_server(bot_token="")
     server.clock.advance(10)
     status = await get(server, "/admin/status")
-    assert status["telegram"] == {"mode": "webhook", "state": "off", "lastError": None}
+    assert status["telegram"] == {
+        "mode": "webhook",
+        "state": "off",
+        "lastError": None,
+        "allowedChats": 1,
+    }
     assert status["startedAt"] == server.clock.now_ms() - 10
 
 

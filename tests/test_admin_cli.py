@@ -17,11 +17,12 @@ import pytest
 
 from ccr_box import limits
 from ccr_box.cli import main
+from ccr_box.client.admin import AdminClient, default_target
+from ccr_box.client.errors import ServerRefused, ServerUnavailable
 from ccr_box.clock import ManualClock
 from ccr_box.config import AgentConfig, Config, ServerConfig
 from ccr_box.db import queue as q
 from ccr_box.server import keys
-from ccr_box.tui.client import AdminClient, AdminError, AdminUnavailable, default_target
 from tests.conftest import API_KEY, CHAT, Harness
 from tests.helpers_proc import OWN_PREFIXES
 
@@ -279,7 +280,7 @@ async def test_dead_commands_are_highlighted(server: Harness, cli, cli_env) -> N
 
 
 def test_age() -> None:
-    from ccr_box.admin_cli import age
+    from ccr_box.client.present import age
 
     now = 1_700_000_000_000
     assert age(None, now) == ""
@@ -303,17 +304,17 @@ async def test_client_methods(server: Harness) -> None:
         assert [c["command_id"] for c in await admin.commands(status="dead")] == ["c-dead"]
         assert await admin.commands(machine_id="other") == []
         assert await admin.retry("c-dead") == {"ok": True}
-        with pytest.raises(AdminError) as refused:
+        with pytest.raises(ServerRefused) as refused:
             await admin.retry("c-dead")
-        assert (refused.value.status, refused.value.message) == (409, "Command is not dead")
+        assert (refused.value.status, refused.value.error) == (409, "Command is not dead")
         assert str(refused.value) == "Command is not dead"
         assert await admin.unregister("s1") == {"ok": True}
     async with AdminClient(base(server), "bad") as admin:
-        with pytest.raises(AdminError) as unauthorized:
+        with pytest.raises(ServerRefused) as unauthorized:
             await admin.machines()
         assert (unauthorized.value.status, str(unauthorized.value)) == (401, "Unauthorized")
     async with AdminClient(f"http://127.0.0.1:{closed_port()}", API_KEY) as admin:
-        with pytest.raises(AdminUnavailable):
+        with pytest.raises(ServerUnavailable):
             await admin.machines()
     assert API_KEY not in repr(AdminClient(base(server), API_KEY))
 
@@ -335,7 +336,7 @@ def test_default_target() -> None:
 
 def test_client_does_not_import_textual() -> None:
     code = (
-        "import sys, ccr_box.tui.client, ccr_box.admin_cli, ccr_box.cli;"
+        "import sys, ccr_box.client.admin, ccr_box.client.events, ccr_box.admin_cli, ccr_box.cli;"
         "print(sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.')))"
     )
     done = subprocess.run(

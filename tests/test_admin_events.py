@@ -11,10 +11,11 @@ import pytest
 from aiohttp import WSMsgType
 
 from ccr_box import limits
+from ccr_box.client.admin import AdminClient
+from ccr_box.client.errors import ServerRefused
 from ccr_box.db import queue as q
 from ccr_box.server import events as ev
 from ccr_box.server import keys
-from ccr_box.tui.client import AdminClient, AdminError
 from tests.conftest import API_KEY, CHAT, Harness
 from tests.helpers_http import expect_error, expect_json
 
@@ -526,36 +527,36 @@ async def test_admin_client_speaks_the_new_endpoints(server: Harness) -> None:
     ws = await agent(server, "m1")
     base = str(server.client.make_url("")).rstrip("/")
     async with AdminClient(base, API_KEY) as admin:
-        follow = admin.stream_events(after=0)
-        first = await anext(follow)
-        assert (first["seq"], first["kind"]) == (1, "session.registered")
-        sent = await admin.send_command("a/b", "hello")
-        assert sent["queued"] is False
-        assert (await frame(ws))["command"] == "hello"
-        assert (await anext(follow))["kind"] == "machine.connected"
-        queued = await anext(follow)
-        assert (queued["kind"], queued["data"]["source"]) == ("command.queued", "console")
-        assert await admin.retry_dead("m1") == {"ok": True, "retried": 0}
-        moved = await admin.move_session("a/b", "m2")
-        assert (moved["sessionId"], moved["machineId"]) == ("a/b", "m2")
-        assert await admin.disconnect("m2") == {"ok": True, "disconnected": False}
-        assert await admin.outbox(status="pending") == []
-        kinds = [e["kind"] for e in await admin.events(after=first["seq"])]
-        assert kinds == [
-            "machine.connected",
-            "command.queued",
-            "action.send",
-            "command.sent",
-            "action.retry_dead",
-            "action.move_session",
-            "action.disconnect",
-        ]
-        with pytest.raises(AdminError) as refused:
+        async with admin.stream(after=0) as follow:
+            first = await anext(follow)
+            assert (first["seq"], first["kind"]) == (1, "session.registered")
+            sent = await admin.send_command("a/b", "hello")
+            assert sent["queued"] is False
+            assert (await frame(ws))["command"] == "hello"
+            assert (await anext(follow))["kind"] == "machine.connected"
+            queued = await anext(follow)
+            assert (queued["kind"], queued["data"]["source"]) == ("command.queued", "console")
+            assert await admin.retry_dead("m1") == {"ok": True, "retried": 0}
+            moved = await admin.move_session("a/b", "m2")
+            assert (moved["sessionId"], moved["machineId"]) == ("a/b", "m2")
+            assert await admin.disconnect("m2") == {"ok": True, "disconnected": False}
+            assert await admin.outbox(status="pending") == []
+            kinds = [e["kind"] for e in await admin.events(after=first["seq"])]
+            assert kinds == [
+                "machine.connected",
+                "command.queued",
+                "action.send",
+                "command.sent",
+                "action.retry_dead",
+                "action.move_session",
+                "action.disconnect",
+            ]
+        with pytest.raises(ServerRefused) as refused:
             await admin.send_command("nope", "x")
-        assert (refused.value.status, refused.value.message) == (404, "Session not found")
-        await follow.aclose()
+        assert (refused.value.status, refused.value.error) == (404, "Session not found")
     async with AdminClient(base, "wrong") as admin:
-        with pytest.raises(AdminError) as refused:
-            await anext(admin.stream_events())
-        assert (refused.value.status, refused.value.message) == (401, "Unauthorized")
+        with pytest.raises(ServerRefused) as refused:
+            async with admin.stream():
+                pass
+        assert (refused.value.status, str(refused.value)) == (401, "Unauthorized")
     await ws.close()

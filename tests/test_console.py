@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,16 +13,18 @@ from typing import Any
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from ccr_box import limits
 from ccr_box.cli import build_parser
+from ccr_box.client.admin import AdminClient
+from ccr_box.client.errors import EndpointMissing, ServerRefused
 from ccr_box.db import queue as q
 from ccr_box.server import keys
+from ccr_box.server.app import Options
+from ccr_box.server.polling import learn_identity
 from ccr_box.tui import widgets as w
 from ccr_box.tui.app import ConsoleApp, update_in_place
-from ccr_box.tui.client import AdminError
-from ccr_box.tui.live import ConsoleClient, is_missing
 from tests.conftest import API_KEY, CHAT, Harness
 from tests.helpers_ws import connect_booted, receive_json
 
@@ -272,14 +276,20 @@ async def test_s_sends_a_command_to_the_selected_session(server: Harness) -> Non
 
 
 async def test_missing_endpoints_are_told_apart_from_refusals(server: Harness) -> None:
-    async with ConsoleClient(server.url("").rstrip("/"), API_KEY) as client:
-        with pytest.raises(AdminError) as missing:
+    async with AdminClient(server.url("").rstrip("/"), API_KEY) as client:
+        with pytest.raises(EndpointMissing) as missing:
             await client._call("GET", "/admin/no-such-thing")
-        assert is_missing(missing.value)  # the router's 404, as an older server would answer
-        with pytest.raises(AdminError) as refused:
+        # the router's 404, as an older server would answer; still a refusal with its text
+        assert (missing.value.status, str(missing.value)) == (404, "Not found")
+        with pytest.raises(ServerRefused) as refused:
             await client.send_command("nope", "hi")
-        assert (refused.value.status, refused.value.message) == (404, "Session not found")
-        assert not is_missing(refused.value)  # a refusal, not a missing endpoint
+        assert (refused.value.status, refused.value.error) == (404, "Session not found")
+        assert not isinstance(refused.value, EndpointMissing)  # a refusal, not a missing endpoint
+    # A server without the event stream (here: not ccr-box at all) answers its handshake 404.
+    async with AdminClient(server.fake.base_url.rstrip("/"), API_KEY) as client:
+        with pytest.raises(EndpointMissing):
+            async with client.stream():
+                pass
 
 
 async def test_denied_chat_shows_a_toast_with_the_line_that_allows_it(server: Harness) -> None:
@@ -296,3 +306,133 @@ async def test_denied_chat_shows_a_toast_with_the_line_that_allows_it(server: Ha
 
         await until(pilot, toast, "the denied-chat toast")
         assert toast().endswith(f'allowed_chat_ids = ["{CHAT}", "999"]')
+
+
+# -- the header's Telegram line, empty tables, the first-run notice ---------------------------------
+
+
+def shown(app: ConsoleApp, selector: str) -> str:
+    """What the widget renders now, as plain text ("" while it is hidden)."""
+    widget = app.query_one(selector, Static)
+    return str(widget.render()) if widget.display else ""
+
+
+def telegram_shown(app: ConsoleApp) -> str:
+    return shown(app, "#telegram")
+
+
+_SVG_TEXT = re.compile(r'<text [^>]*clip-path="url\(#terminal-\d+-line-(\d+)\)">([^<]*)</text>')
+
+
+def screen_lines(app: ConsoleApp) -> list[str]:
+    """The screen as plain lines, read back from ``export_screenshot()`` (one SVG text element
+    per styled run, each tagged with its line)."""
+    lines: dict[int, str] = {}
+    for number, run in _SVG_TEXT.findall(app.export_screenshot()):
+        lines[int(number)] = lines.get(int(number), "") + html.unescape(run)
+    return [lines[n].replace("\xa0", " ").rstrip() for n in sorted(lines)]
+
+
+async def test_header_shows_telegram_off_and_the_allowed_chat_count(start_server) -> None:
+    server = await start_server(bot_token="")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: "off" in telegram_shown(app), "the Telegram line")
+        assert telegram_shown(app) == (
+            "Telegram: off (no bot token: console only; `ccr-box init` adds a bot) · 1 allowed chat"
+        )
+        assert any(line.strip().startswith("Telegram: off (") for line in screen_lines(app))
+
+
+async def test_header_shows_webhook_then_the_last_error_in_plain_words(server: Harness) -> None:
+    app_state = server.app[keys.STATE].telegram
+    assert await learn_identity(server.app[keys.TELEGRAM], app_state, server.clock)
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: "webhook" in telegram_shown(app), "the webhook state")
+        assert telegram_shown(app) == "Telegram: webhook · 1 allowed chat"
+        # The token is revoked while the console runs: the header follows without a restart.
+        server.fake.fail_next("getMe", 401)
+        assert not await learn_identity(server.app[keys.TELEGRAM], app_state, server.clock)
+        await until(pilot, lambda: "invalid" in telegram_shown(app), "the error")
+        assert telegram_shown(app) == "Telegram: invalid bot token (Unauthorized) · 1 allowed chat"
+        assert server.fake.token not in telegram_shown(app)
+
+
+async def test_header_shows_polling_ok(start_server) -> None:
+    options = Options(maintenance=False, telegram_inbound=True, poll_timeout=1)
+    server = await start_server(mode="polling", options=options)
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: "polling ok" in telegram_shown(app), "polling ok")
+        assert telegram_shown(app) == "Telegram: polling ok · 1 allowed chat"
+
+
+async def test_header_says_when_no_chat_is_allowed(start_server) -> None:
+    server = await start_server(allowed_chat_ids=(), allowed_user_ids=())
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: "chat" in telegram_shown(app), "the chat count")
+        assert telegram_shown(app).endswith("· no allowed chat (set telegram.allowed_chat_ids)")
+
+
+async def test_empty_tables_say_what_to_do_next_until_rows_arrive(server: Harness) -> None:
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: shown(app, "#machines-empty"), "the machines hint")
+        assert shown(app, "#machines-empty") == (
+            "No machines yet. On each machine: `ccr-box init --agent`, then `ccr-box agent`"
+        )
+        await pilot.press("2")
+        await until(pilot, lambda: shown(app, "#sessions-empty"), "the sessions hint")
+        assert shown(app, "#sessions-empty") == (
+            "No sessions yet: start Claude Code in tmux on a connected machine "
+            "(hooks: `ccr-box hooks install`)"
+        )
+        await pilot.press("3")
+        await until(pilot, lambda: shown(app, "#commands-empty"), "the commands hint")
+        assert shown(app, "#commands-empty") == (
+            "No commands: reply to a notification in Telegram, or press s to send one"
+        )
+        hint = "No commands: reply to a notification in Telegram, or press s to send one"
+        assert hint in "\n".join(screen_lines(app))  # on screen, above the empty table
+
+        # Rows arrive: the hints go.
+        ws = await connect_booted(server, "box-a")
+        await server.register("s1", "box-a")
+        await enqueue(server, "c-1", "box-a", "s1")
+        await server.hub.flush("box-a")
+        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command")
+        await until(pilot, lambda: has_row(app, "machines", "box-a"), "the machine")
+        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session")
+        for table in ("machines", "sessions", "commands"):
+            assert shown(app, f"#{table}-empty") == "", table
+        await ws.close()
+
+
+async def test_empty_commands_hint_follows_the_filter_and_telegram_off(start_server) -> None:
+    server = await start_server(bot_token="")
+    app = make_app(server)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await until(pilot, lambda: "off" in telegram_shown(app), "the Telegram line")
+        await until(pilot, lambda: "Sessions tab" in shown(app, "#commands-empty"), "the hint")
+        assert shown(app, "#commands-empty") == (
+            "No commands: select a session on the Sessions tab (2) and press s to send one"
+        )
+        await pilot.press("slash", *"dead", "enter")
+        await until(pilot, lambda: "dead" in shown(app, "#commands-empty"), "the filter hint")
+        assert shown(app, "#commands-empty") == (
+            "No dead commands. Press / to change the filter (empty = all)."
+        )
+
+
+async def test_a_notice_is_shown_under_the_header(server: Harness) -> None:
+    notice = "First run: created /tmp/x/config.toml with freshly generated secrets (mode 0600)."
+    app = ConsoleApp(server.url("").rstrip("/"), API_KEY, poll_interval=0.1, notice=notice)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.pause()
+        assert shown(app, "#notice") == notice
+    plain = make_app(server)
+    async with plain.run_test(size=(160, 40)) as pilot:
+        await pilot.pause()
+        assert not plain.query("#notice")  # no notice, no empty line

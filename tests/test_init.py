@@ -238,6 +238,66 @@ async def test_a_failed_test_message_is_a_warning(
     assert "chat not found" in out and loaded(cfg).telegram.allowed_chat_ids == (CHAT,)
 
 
+# --- without a bot: console only -----------------------------------------------------------------
+
+
+def assert_console_only(cfg: Path, out: str) -> Config:
+    """A private, valid file with generated secrets and Telegram off; the mode explained."""
+    assert mode_of(cfg) == 0o600
+    config = loaded(cfg)
+    assert config.telegram.bot_token == "" and config.telegram.allowed_chat_ids == ()
+    assert all(len(s) >= 20 for s in (config.server.api_key, config.telegram.webhook_secret))
+    assert config.telegram.webhook_path_secret
+    assert config.agent.server_url == "http://127.0.0.1:8787"  # an agent here just works
+    assert "Telegram is off: no bot token. Everything else works" in out
+    assert f"run `ccr-box init` again or set telegram.bot_token in {cfg}" in out
+    assert "Start the server:   ccr-box up" in out
+    assert config.server.api_key not in out
+    return config
+
+
+async def test_no_telegram_writes_a_console_only_config_and_exits_0(
+    fake_telegram: FakeTelegram, cfg: Path, capsys
+) -> None:
+    assert await run_init(cfg, "--non-interactive", "--no-telegram") == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert_console_only(cfg, out)
+    assert "--chat-id" not in out  # no chat to pass to the agents' init
+    assert fake_telegram.calls == []  # no Bot API call at all
+
+
+async def test_no_telegram_with_a_telegram_answer_is_a_usage_error(
+    fake_telegram: FakeTelegram, tmp_path: Path, cfg: Path, capsys
+) -> None:
+    assert await run_init(cfg, *server_flags(fake_telegram, tmp_path), "--no-telegram") == 2
+    assert "--no-telegram cannot be combined with --bot-token-file" in capsys.readouterr().err
+    assert await run_init(cfg, "--no-telegram", "--chat-id", CHAT) == 2
+    assert "--no-telegram cannot be combined with --chat-id" in capsys.readouterr().err
+    assert not written(cfg)
+
+
+async def test_no_telegram_on_a_file_with_a_bot_leaves_telegram_alone(
+    fake_telegram: FakeTelegram, tmp_path: Path, cfg: Path, capsys
+) -> None:
+    assert await run_init(cfg, *server_flags(fake_telegram, tmp_path), "--chat-id", CHAT) == 0
+    before = loaded(cfg)
+    capsys.readouterr()
+    assert await run_init(cfg, "--no-telegram", "--port", "9000") == 0
+    out, _ = capsys.readouterr()
+    after = loaded(cfg)
+    assert after.telegram == before.telegram and after.server.port == 9000
+    assert "Telegram settings left as they are" in out and "Telegram is off" not in out
+
+
+async def test_without_a_token_the_error_names_no_telegram(
+    fake_telegram: FakeTelegram, cfg: Path, capsys
+) -> None:
+    assert await run_init(cfg, "--non-interactive", "--chat-id", CHAT) == 2
+    assert "or --no-telegram to set up the console only" in capsys.readouterr().err
+    assert not written(cfg)
+
+
 # --- agent machine -------------------------------------------------------------------------------
 
 
@@ -447,6 +507,23 @@ async def test_interactive_rerun_keeps_the_token_and_sets_up_a_group_and_a_webho
     )
     assert fake.webhook is not None and fake.webhook["secret_token"] == tg.webhook_secret
     assert fake.token not in d.out + d.err
+
+
+async def test_interactive_empty_token_answer_skips_telegram_and_exits_0(
+    fake_telegram: FakeTelegram, cfg: Path, dialogs: list[Dialog]
+) -> None:
+    """The README's `ccr-box init && ccr-box up` goes on to the server without a bot."""
+    d = await Dialog.start(cfg, "--api-base", fake_telegram.base_url)
+    dialogs.append(d)
+    await d.expect("No bot at hand? Press Enter")
+    await d.expect("Paste the token @BotFather gave you (hidden); Enter skips Telegram:")
+    await d.answer("")
+    await d.expect("Will agents on other machines connect directly")
+    await d.answer("n")
+    assert await d.exit_code() == 0, d.err
+    assert_console_only(cfg, d.out)
+    assert "A token is needed" not in d.out
+    assert fake_telegram.calls == []
 
 
 async def test_token_from_stdin_with_flags_needs_no_prompt(

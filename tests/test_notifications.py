@@ -517,11 +517,18 @@ async def test_200_answer_without_ok_result_is_502(scripted: Harness, answer: di
     assert await messages_rows(scripted) == [] and await outbox_rows(scripted) == []
 
 
-async def test_unexpected_failure_is_500_without_exception_text(scripted: Harness) -> None:
-    # Telegram says ok but the message has no message_id: nothing sensible to map.
-    scripted.fake.refuse = lambda p: (200, {"ok": True, "result": {"text": "no id"}})
+@pytest.mark.parametrize("message_id", [MISSING, None, "5", 0, 2**63, 10**30])
+async def test_ok_answer_without_usable_message_id_counts_as_sent(
+    scripted: Harness, message_id: Any
+) -> None:
+    # Telegram delivered the message but named no usable id (issue 11: this was a 500). It is
+    # sent: never re-sent from the outbox; only a reply to it cannot be mapped.
+    result = {"text": "no id"} if message_id is MISSING else {"message_id": message_id}
+    scripted.fake.refuse = lambda p: (200, {"ok": True, "result": result})
     resp = await send(scripted, body())
-    await expect_error(resp, 500, "Internal server error")
+    answer = await expect_json(resp, 200)
+    assert answer["ok"] is True and answer["messageId"] is None
+    assert await messages_rows(scripted) == [] and await outbox_rows(scripted) == []
 
 
 # -- transient failures and the durable outbox (§8.2, §8.5) -----------------------------------

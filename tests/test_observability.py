@@ -1,7 +1,7 @@
-"""Observability: ``GET /ready`` (open readiness JSON) and ``GET /metrics`` (Prometheus text 0.0.4).
+"""Observability: ``GET /ready`` (open readiness JSON) and ``GET /metrics`` (Prometheus text).
 
 Everything runs against the real app (real SQLite, real WebSocket agents, the fake Telegram); the
-exposition text is checked with a small parser written here, independent of the server's code.
+exposition text is read back with ``prometheus_client.parser.text_string_to_metric_families``.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ccr_box import __version__, limits
 from ccr_box.clock import ManualClock
@@ -22,7 +24,7 @@ from ccr_box.config_file import set_values, write_initial
 from ccr_box.server import keys
 from ccr_box.server.app import Options
 from ccr_box.server.events import EventBus
-from ccr_box.server.metrics import CONTENT_TYPE, Registry
+from ccr_box.server.metrics import ServerMetrics
 from ccr_box.server.polling import learn_identity
 from tests.conftest import API_KEY, CHAT, WEBHOOK_SECRET, Harness
 from tests.fake_telegram import FakeTelegram
@@ -30,67 +32,34 @@ from tests.helpers_queue import connect_booted, receive_json, reply, sync, tick
 
 MINUTE = 60_000
 
-# -- a tiny, independent parser of the text exposition format ---------------------------------------
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
-_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-
-
-def _labels(text: str) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    pos = 0
-    while pos < len(text):
-        match = _LABEL.match(text, pos)
-        assert match, f"bad label set {text!r} at {pos}"
-        labels[match.group(1)] = re.sub(r'\\[\\"n]', lambda m: _UNESCAPE[m.group(0)], match[2])
-        pos = match.end()
-        if pos < len(text):
-            assert text[pos] == ",", f"bad label separator in {text!r}"
-            pos += 1
-    return labels
-
-
-def _value(text: str) -> float:
-    return {"+Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}.get(text) or float(text)
+# -- reading the exposition text --------------------------------------------------------------------
 
 
 class Exposition:
-    """Parsed exposition text; asserts the format rules while parsing."""
+    """Exposition text as ``prometheus_client``'s own parser reads it, with the format's rules
+    checked: one HELP and TYPE per family, every sample inside a family, histograms cumulative.
+
+    ``types`` is keyed by family name as the parser gives it (a counter's family name has no
+    ``_total``; its samples do).
+    """
 
     def __init__(self, text: str) -> None:
         assert text.endswith("\n")
+        self.text = text
         self.types: dict[str, str] = {}
         self.helps: dict[str, str] = {}
         self.samples: list[tuple[str, dict[str, str], float]] = []
-        for line in text[:-1].split("\n"):
-            if line.startswith("# HELP "):
-                name, _, help_text = line[7:].partition(" ")
-                assert name not in self.helps, f"second HELP for {name}"
-                self.helps[name] = help_text
-            elif line.startswith("# TYPE "):
-                name, _, kind = line[7:].partition(" ")
-                assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
-                assert name not in self.types, f"second TYPE for {name}"
-                self.types[name] = kind
-            else:
-                assert not line.startswith("#") and line, f"unexpected line {line!r}"
-                match = _SAMPLE.match(line)
-                assert match, f"not `name{{labels}} value`: {line!r}"
-                name, labels, value = match.group(1), _labels(match.group(2) or ""), match[3]
-                family = self.family_of(name)
-                assert family in self.types and family in self.helps, f"no HELP/TYPE for {name}"
-                self.samples.append((name, labels, _value(value)))
+        for family in text_string_to_metric_families(text):
+            assert family.name not in self.types, f"second family {family.name}"
+            assert family.type in ("counter", "gauge", "histogram", "summary", "unknown"), family
+            self.types[family.name] = family.type
+            self.helps[family.name] = family.documentation
+            for sample in family.samples:
+                assert sample.name.startswith(family.name), (family.name, sample.name)
+                self.samples.append((sample.name, dict(sample.labels), sample.value))
         for family, kind in self.types.items():
             if kind == "histogram":
                 self._check_histogram(family)
-
-    def family_of(self, name: str) -> str:
-        for suffix in ("_bucket", "_sum", "_count"):
-            base = name.removesuffix(suffix)
-            if name.endswith(suffix) and self.types.get(base) == "histogram":
-                return base
-        return name
 
     def value(self, name: str, **labels: str) -> float | None:
         found = [v for n, ls, v in self.samples if n == name and ls == labels]
@@ -98,7 +67,7 @@ class Exposition:
         return found[0] if found else None
 
     def buckets(self, family: str) -> list[tuple[float, float]]:
-        return [(_value(ls["le"]), v) for n, ls, v in self.samples if n == f"{family}_bucket"]
+        return [(float(ls["le"]), v) for n, ls, v in self.samples if n == f"{family}_bucket"]
 
     def _check_histogram(self, family: str) -> None:
         buckets = self.buckets(family)
@@ -113,7 +82,7 @@ class Exposition:
 async def scrape(h: Harness, **headers: str) -> Exposition:
     resp = await h.client.get("/metrics", headers=headers or h.auth())
     assert resp.status == 200, await resp.text()
-    assert resp.headers["Content-Type"] == CONTENT_TYPE
+    assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
     return Exposition(await resp.text())
 
 
@@ -281,7 +250,8 @@ async def test_reply_acked_by_agent_is_counted_and_timed(server: Harness) -> Non
     assert m.value("ccr_box_outbox_pending") == 0
     assert m.value("ccr_box_database_ok") == 1
     assert m.value("ccr_box_start_time_seconds") == server.app[keys.STATE].started_at / 1000
-    assert m.types["ccr_box_command_deliveries_total"] == "counter"
+    assert m.types["ccr_box_command_deliveries"] == "counter"
+    assert "# TYPE ccr_box_command_deliveries_total counter\n" in m.text
     assert m.types["ccr_box_commands"] == "gauge"
     # Machine, session and chat ids never become labels.
     for _name, labels, _value in m.samples:
@@ -347,29 +317,80 @@ async def test_console_command_is_counted_by_source(server: Harness) -> None:
 # -- the building blocks ---------------------------------------------------------------------------
 
 
-def test_label_values_and_help_are_escaped() -> None:
-    registry = Registry()
-    counter = registry.counter("demo_total", 'Help with \\ and\nnewline "quotes".', ("what",))
+SERIES = {  # family (as the parser names it) -> type: the README's list, unchanged
+    "ccr_box_up": "gauge",
+    "ccr_box_start_time_seconds": "gauge",
+    "ccr_box_build_info": "gauge",
+    "ccr_box_database_ok": "gauge",
+    "ccr_box_commands": "gauge",
+    "ccr_box_outbox_pending": "gauge",
+    "ccr_box_sessions": "gauge",
+    "ccr_box_machines_connected": "gauge",
+    "ccr_box_commands_enqueued": "counter",
+    "ccr_box_command_deliveries": "counter",
+    "ccr_box_dead_letters": "counter",
+    "ccr_box_command_results": "counter",
+    "ccr_box_telegram_api_errors": "counter",
+    "ccr_box_webhook_to_ack_seconds": "histogram",
+}
+
+
+async def test_the_series_are_the_documented_ones_plus_process(server: Harness) -> None:
+    m = await scrape(server)
+    own = {name: kind for name, kind in m.types.items() if name.startswith("ccr_box_")}
+    assert own == SERIES
+    others = set(m.types) - set(own)
+    assert all(name.startswith("process_") for name in others), others
+    if sys.platform == "linux":  # ProcessCollector reads /proc
+        assert m.types["process_cpu_seconds"] == "counter"
+        assert (m.value("process_resident_memory_bytes") or 0) > 0
+        assert m.value("process_start_time_seconds")
+    assert not [name for name, _, _ in m.samples if name.endswith("_created")]
+    labels = {name: set(ls) for name, ls, _ in m.samples if name.startswith("ccr_box_")}
+    assert labels["ccr_box_commands"] == {"state"}
+    assert labels["ccr_box_commands_enqueued_total"] == {"source"}
+    assert labels["ccr_box_command_results_total"] == {"status"}
+    assert labels["ccr_box_build_info"] == {"version"}
+    assert labels["ccr_box_webhook_to_ack_seconds_bucket"] == {"le"}
+
+
+def test_each_server_has_its_own_registry() -> None:
+    """Two apps in one process: no duplicate-registration error, no shared counts, and nothing
+    lands on the library's global default registry."""
+    first, second = ServerMetrics(), ServerMetrics()
+    first.telegram_error("getMe", "transient")
+    assert first.registry is not second.registry
+    assert first.registry is not REGISTRY
+    name, labels = "ccr_box_telegram_api_errors_total", {"method": "getMe", "kind": "transient"}
+    assert first.registry.get_sample_value(name, labels) == 1
+    assert second.registry.get_sample_value(name, labels) is None
+    assert REGISTRY.get_sample_value("ccr_box_up") is None
+
+
+def test_label_values_are_escaped() -> None:
+    metrics = ServerMetrics()
     tricky = 'a "quoted" back\\slash\nnewline'
-    counter.inc(2, what=tricky)
-    text = registry.render()
-    assert '# HELP demo_total Help with \\\\ and\\nnewline "quotes".' in text
-    assert 'demo_total{what="a \\"quoted\\" back\\\\slash\\nnewline"} 2' in text
-    assert Exposition(text).value("demo_total", what=tricky) == 2
-    with pytest.raises(ValueError):
-        counter.inc(what="x", other="y")
-    with pytest.raises(ValueError):
-        registry.gauge("bad name", "no")
+    metrics.on_event({"kind": "command.queued", "data": {"source": tricky}, "at": 0})
+    metrics.telegram_error("sendMessage", "no such kind")  # unknown kinds count as permanent
+    text = generate_latest(metrics.registry).decode()
+    assert 'source="a \\"quoted\\" back\\\\slash\\nnewline"' in text
+    m = Exposition(text)
+    assert m.value("ccr_box_commands_enqueued_total", source=tricky) == 1
+    assert m.value("ccr_box_telegram_api_errors_total", method="sendMessage", kind="permanent")
 
 
 def test_histogram_buckets_are_cumulative() -> None:
-    registry = Registry()
-    histogram = registry.histogram("wait_seconds", "Waits.", (0.1, 1))
-    for value in (0.05, 0.1, 0.5, 7):
-        histogram.observe(value)
-    m = Exposition(registry.render())
-    assert m.buckets("wait_seconds") == [(0.1, 2), (1.0, 3), (math.inf, 4)]
-    assert m.value("wait_seconds_sum") == pytest.approx(7.65)
+    metrics = ServerMetrics()
+    for n, wait_ms in enumerate((5, 100, 500, 7_000)):
+        command = {"commandId": f"c{n}"}
+        metrics.on_event({"kind": "command.queued", "data": {**command, "source": "x"}, "at": 0})
+        metrics.on_event({"kind": "command.acked", "data": command, "at": wait_ms})
+    metrics.on_event({"kind": "command.acked", "data": {"commandId": "never-queued"}, "at": 9})
+    m = Exposition(generate_latest(metrics.registry).decode())
+    buckets = dict(m.buckets("ccr_box_webhook_to_ack_seconds"))
+    assert (buckets[0.005], buckets[0.1], buckets[0.5], buckets[5.0]) == (1, 2, 3, 3)
+    assert (buckets[10.0], buckets[math.inf]) == (4, 4)
+    assert m.value("ccr_box_webhook_to_ack_seconds_sum") == pytest.approx(7.605)
 
 
 def test_a_failing_listener_never_breaks_the_publisher(caplog: pytest.LogCaptureFixture) -> None:

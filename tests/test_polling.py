@@ -53,7 +53,7 @@ async def test_getme_first_then_status_ok(start_server) -> None:
     assert await admin_status(h) == {
         "bootId": h.app[keys.STATE].boot_id,
         "startedAt": h.clock.now_ms(),
-        "telegram": {"mode": "polling", "state": "ok", "lastError": None},
+        "telegram": {"mode": "polling", "state": "ok", "lastError": None, "allowedChats": 1},
     }
     assert h.app[keys.STATE].telegram.username == fake.username
 
@@ -206,6 +206,7 @@ async def test_5xx_backoff_doubles_with_jitter_and_resets(borrowed: Harness, htt
         "mode": "polling",
         "state": "ok",
         "lastError": None,
+        "allowedChats": 1,
     }
     fake.fail_next("getUpdates", 502)
     await poller.poll_once()
@@ -408,5 +409,6 @@ async def test_polling_mode_without_token_is_off(start_server) -> None:
         "mode": "polling",
         "state": "off",
         "lastError": None,
+        "allowedChats": 1,
     }
     assert h.fake.calls == []

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ccr_box.config import AgentConfig, Config, load, parse, resolve_config_path
+from ccr_box.config import AgentConfig, load_machine_config
 from ccr_box.errors import ConfigError
 
 COMMANDS = ("agent", "hook", "hooks")
@@ -36,14 +36,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="user",
         help="user: ~/.claude/settings.json (default); project/local: ./.claude/settings[.local].json",
     )
-
-
-def load_machine_config(explicit: str | None) -> Config:
-    """The config file when there is one; on a bare agent machine, defaults + environment."""
-    path = resolve_config_path(explicit, os.environ)
-    if path.exists():
-        return load(path)
-    return parse("", env=os.environ, path=path)
 
 
 def run_agent(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 
-from ccr_box.agent.api import ServerAPI, ServerRefused, ServerUnavailable
 from ccr_box.agent.notify import (
     FALLBACK_BODY,
     NEEDS_INPUT,
@@ -27,6 +26,8 @@ from ccr_box.agent.notify import (
     notification_text,
 )
 from ccr_box.agent.store import AgentStore
+from ccr_box.client.agent import ServerAPI
+from ccr_box.client.errors import ServerRefused, ServerUnavailable
 from ccr_box.config import AgentConfig, default_machine_id
 
 try:

@@ -12,9 +12,10 @@ import json
 import logging
 from typing import Any
 
-from ccr_box.agent.api import ServerAPI, ServerRefused, ServerUnavailable
 from ccr_box.agent.notify import interrupted_text
 from ccr_box.agent.store import AsyncStore
+from ccr_box.client.agent import ServerAPI
+from ccr_box.client.errors import ServerRefused, ServerUnavailable
 
 log = logging.getLogger("ccr_box.agent")
 
@@ -35,11 +36,15 @@ class Relay:
                 return
 
     async def send_pending(self) -> None:
-        """Send stored notifications in order; stop at the first the server cannot take."""
+        """Send stored notifications in order; stop at the first the server cannot take.
+
+        Delivery is at-least-once: a notification is dropped from the store after the server
+        took it, so a crash in between sends it again.
+        """
         async with self._pending_lock:
             for item in await self._store.call("pending_notifications"):
                 try:
-                    await self._api.notify(item["body"])
+                    await self._notify(item["body"])
                 except ServerUnavailable as exc:
                     await self._store.call("notification_failed", item["id"], str(exc))
                     return
@@ -56,21 +61,20 @@ class Relay:
             except Exception:
                 log.exception("retrying stored notifications failed")
 
-    async def tell_interrupted(self, row: dict[str, Any]) -> None:
-        """A command may not have arrived: say so with its text, so the user can resend it."""
+    async def _notify(self, body: dict[str, Any]) -> None:
+        """Notify; a session the server forgot but this machine knows is registered again."""
+        session = await self._store.call("session", body.get("sessionId"))
+        label = session["label"] if session else None
+        await self._api.notify_session(body, self._machine_id, label, known=session is not None)
+
+    def interrupted_notice(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The notification saying a command may not have arrived, with its text so the user
+        can send it again (stored by the inbox's recovery, see ``AgentStore.recover``)."""
         if not row.get("session_id"):
-            return
+            return None
         text = json.loads(row["payload"]).get("command", "")
-        body = {
+        return {
             "sessionId": row["session_id"],
             "chatId": row["chat_id"],
             "text": interrupted_text(text, self._machine_id),
         }
-        session = await self._store.call("session", row["session_id"])
-        label = session["label"] if session else None
-        try:
-            await self._api.notify_session(body, self._machine_id, label, known=session is not None)
-        except ServerUnavailable as exc:
-            await self._store.call("keep_notification", row["session_id"], body, str(exc))
-        except ServerRefused as exc:
-            log.warning("could not report interrupted command %s: %s", row["command_id"], exc)

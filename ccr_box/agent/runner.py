@@ -20,12 +20,12 @@ from urllib.parse import quote
 import aiohttp
 
 from ccr_box import protocol
-from ccr_box.agent.api import ServerAPI
 from ccr_box.agent.executor import Executor
 from ccr_box.agent.inject import Injector
 from ccr_box.agent.relay import Relay
 from ccr_box.agent.store import AsyncStore
 from ccr_box.backoff import Backoff
+from ccr_box.client.agent import ServerAPI
 
 log = logging.getLogger("ccr_box.agent")
 
@@ -105,14 +105,19 @@ class Agent:
                 await self.executor.close()
 
     async def recover(self) -> None:
-        """Process start (§11.2): run ``received`` rows in order; report ``executing`` ones."""
-        to_run, interrupted = await self._store.call("recover")
+        """Process start (§11.2): run ``received`` rows in order; report ``executing`` ones.
+
+        The notices about interrupted rows are stored together with their failed mark and sent
+        from the store (now, and again after every connect until the server took them).
+        """
+        assert self._relay is not None
+        to_run, interrupted = await self._store.call("recover", self._relay.interrupted_notice)
         for row in interrupted:
             log.warning(
                 "command %s was being typed when the agent stopped; not re-run", row["command_id"]
             )
-            assert self._relay is not None
-            self._spawn(self._relay.tell_interrupted(row))
+        if interrupted:
+            self._spawn(self._relay.send_pending())
         for row in to_run:
             self.executor.submit(row)
         pruned = await self._store.call("prune")

@@ -17,13 +17,13 @@ import shlex
 import shutil
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ccr_box.errors import ConfigError
+from ccr_box.files import atomic_write
 
 EVENTS = ("SessionStart", "Stop", "Notification", "SessionEnd")
 SESSION_START_MATCHER = "startup|resume|clear|compact"
@@ -120,7 +120,8 @@ def is_ccr_box_command(command: str) -> bool:
 
 
 def _is_ours(handler: Any) -> bool:
-    return isinstance(handler, dict) and is_ccr_box_command(handler.get("command"))
+    command = handler.get("command") if isinstance(handler, dict) else None
+    return isinstance(command, str) and is_ccr_box_command(command)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -202,21 +203,8 @@ def _write(path: Path, data: dict, previous: bytes | None) -> Path | None:
     backup = None
     if previous is not None:
         backup = _backup_name(target)
-        with open(backup, "xb") as fh:
-            fh.write(previous)
-        os.chmod(backup, mode)
-    payload = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(backup, previous, mode=mode, exclusive=True)
+    atomic_write(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n", mode=mode)
     return backup
 
 

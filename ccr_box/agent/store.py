@@ -11,6 +11,7 @@ import fcntl
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -130,21 +131,45 @@ class AgentStore:
         ).fetchone()
         return dict(row) if row else None
 
-    def recover(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Process start: ``executing`` rows become failed (never re-run); return (to_run, interrupted)."""
-        interrupted = [
-            dict(r)
-            for r in self.conn.execute("SELECT * FROM inbox WHERE status = 'executing'").fetchall()
-        ]
-        for row in interrupted:
-            self.set_status(row["command_id"], "failed", INTERRUPTED)
-            row["status"], row["error"] = "failed", INTERRUPTED
-        to_run = [
-            dict(r)
-            for r in self.conn.execute(
-                "SELECT * FROM inbox WHERE status = 'received' ORDER BY received_at, rowid"
-            ).fetchall()
-        ]
+    def recover(
+        self, notice: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Process start: ``executing`` rows become failed (never re-run); return (to_run, interrupted).
+
+        ``notice(row)`` is the notification that tells the user about an interrupted row (None:
+        nothing to send). It is stored in ``pending_notifications`` in the same transaction that
+        marks the row failed, so a crash right after recovery cannot lose it: the row would never
+        be found ``executing`` again, and the stored notification is sent by the agent later.
+        """
+        now = now_ms()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            interrupted = [
+                dict(r)
+                for r in self.conn.execute(
+                    "SELECT * FROM inbox WHERE status = 'executing' ORDER BY received_at, rowid"
+                ).fetchall()
+            ]
+            for row in interrupted:
+                self.set_status(row["command_id"], "failed", INTERRUPTED)
+                row["status"], row["error"] = "failed", INTERRUPTED
+                body = notice(row) if notice is not None else None
+                if body is not None:
+                    self.conn.execute(
+                        "INSERT INTO pending_notifications (session_id, body, created_at)"
+                        " VALUES (?, ?, ?)",
+                        (body["sessionId"], json.dumps(body), now),
+                    )
+            to_run = [
+                dict(r)
+                for r in self.conn.execute(
+                    "SELECT * FROM inbox WHERE status = 'received' ORDER BY received_at, rowid"
+                ).fetchall()
+            ]
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         return to_run, interrupted
 
     def unsent_results(self) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ Reads that need no transaction use a second, read-only connection on its own thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -79,8 +80,9 @@ class SqliteThread:
 class Database:
     """Open with :meth:`open`, close with :meth:`close`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fsync: Callable[[int], None] = os.fsync) -> None:
         self.path = path
+        self._fsync = fsync  # os.fsync; fault tests pass one that fails like a dying disk
         self._conn: sqlite3.Connection | None = None  # the writer, used on the loop thread only
         self._reader = SqliteThread(path, "ccr-box-db-reader")
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-box-fsync")
@@ -98,16 +100,21 @@ class Database:
         self._closing = False  # set by close(): no job may queue behind the stop marker
         self._full_sync = True  # whether durable batches are fsynced (synchronous == FULL)
         self.batches = 0  # group commits so far (benchmarks and tests read it)
+        # Set when an fsync failed: from then on every write is refused (see _answer).
+        self.sync_failure: DatabaseError | None = None
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> Database:
-        db = cls(path)
+    async def open(
+        cls, path: Path, *, synchronous: str = "FULL", fsync: Callable[[int], None] = os.fsync
+    ) -> Database:
+        db = cls(path, fsync=fsync)
         await db._open(synchronous)
         return db
 
     async def _open(self, synchronous: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._take_lock()
+        _private_files(self.path)
         # FULL: a commit is on disk before the webhook answers 200 (group commit amortises it).
         self._full_sync = synchronous.upper() == "FULL"
         try:
@@ -119,6 +126,12 @@ class Database:
             # Commits write the WAL without syncing; _fsync_wal() makes each batch durable.
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate(conn, str(self.path))
+            # Make everything the WAL holds durable before anyone is answered: after a failed
+            # fsync and a restart, the page cache can still hold WAL frames that never reached
+            # the disk; SQLite would treat them as valid and new commits would land behind them
+            # (lost together on a power cut). The checkpoint writes them into the database file
+            # and fsyncs it.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._reader.open("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as exc:
             await self._close_connections()
@@ -157,6 +170,8 @@ class Database:
         """
         if self._closing or self._task is None or self._task.done():
             raise DatabaseError("database is closed")
+        if self.sync_failure is not None:
+            raise self.sync_failure
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put_nowait((job, future, durable))
         return await future
@@ -188,6 +203,11 @@ class Database:
 
     def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]) -> None:
         assert self._conn is not None
+        if self.sync_failure is not None:  # queued before the fsync failed: refused too
+            for _job, fut, _durable in batch:
+                if not fut.done():
+                    fut.set_exception(self.sync_failure)
+            return
         try:
             outcomes = self._run_batch(self._conn, [job for job, _fut, _durable in batch])
         except Exception as exc:
@@ -215,9 +235,21 @@ class Database:
                     await asyncio.get_running_loop().run_in_executor(
                         self._fsync_pool, self._fsync_wal
                     )
-                except OSError as exc:  # the data may not be on disk: nobody may hear it is
-                    log.exception("fsync of the database failed")
-                    self._fail_unanswered(target, DatabaseError(f"database sync failed: {exc}"))
+                except OSError as exc:
+                    # The data may not be on disk, and after a failed fsync the kernel may have
+                    # dropped those pages while keeping them readable: a later fsync can succeed
+                    # with a hole behind it, and a dedup row only in the page cache would answer
+                    # Telegram's retry 200. So fail-stop, like PostgreSQL: every unanswered
+                    # batch fails and every later write is refused until a restart.
+                    log.error(
+                        "fsync of the database failed (%s): refusing every write until ccr-box "
+                        "is restarted on a healthy disk",
+                        exc,
+                    )
+                    self.sync_failure = DatabaseError(
+                        f"database sync failed ({exc}); restart ccr-box once the disk is healthy"
+                    )
+                    self._fail_unanswered(self._committed, self.sync_failure)
                     continue
                 self._synced = target
                 continue
@@ -244,7 +276,7 @@ class Database:
             target = str(self.path)
         fd = os.open(target, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            self._fsync(fd)
         finally:
             os.close(fd)
 
@@ -304,3 +336,16 @@ class Database:
 
 def database_path(data_dir: Path) -> Path:
     return data_dir / DB_FILENAME
+
+
+def _private_files(path: Path) -> None:
+    """The database holds chat ids and message texts: 0600, like the config file.
+
+    SQLite creates a new file 0644 (less the umask) and gives its -wal and -shm files the
+    database file's mode, so creating the file 0600 first covers all three; files left by
+    older versions are tightened.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)

@@ -69,7 +69,7 @@ def due(conn: sqlite3.Connection, now: int, limit: int = 50) -> list[dict[str, A
         return [dict(r) for r in cur.fetchall()]
 
 
-def mark_sent(conn: sqlite3.Connection, row_id: int, message_id: int, now: int) -> None:
+def mark_sent(conn: sqlite3.Connection, row_id: int, message_id: int | None, now: int) -> None:
     conn.execute(
         "UPDATE outbox SET status = 'sent', sent_at = ?, message_id = ?, attempts = attempts + 1,"
         " last_error = NULL WHERE id = ?",

@@ -130,11 +130,18 @@ def unclaim_failed(conn: sqlite3.Connection, before: dict[str, Any], error: str,
 
 
 def requeue_sent(conn: sqlite3.Connection, machine_id: str, now: int) -> int:
-    """A new connection of the machine: its ``sent`` rows go back to ``pending`` at once."""
+    """A new connection of the machine: its ``sent`` rows go back to ``pending`` at once.
+
+    So do ``pending`` rows waiting out a send backoff (§6.4): their send failed because the old
+    connection was dying, and the new one must get them before any later row of their session
+    (a flush sends due rows oldest first; a row left in backoff would be overtaken). Rows out of
+    attempts keep their ``next_retry_at``: the dead-letter timing of §6.4 does not change.
+    """
     cur = conn.execute(
         "UPDATE command_queue SET status = 'pending', next_retry_at = ?"
-        " WHERE machine_id = ? AND status = 'sent'",
-        (now, machine_id),
+        " WHERE machine_id = ? AND (status = 'sent'"
+        " OR (status = 'pending' AND next_retry_at > ? AND attempts < ?))",
+        (now, machine_id, now, limits.MAX_ATTEMPTS),
     )
     return cur.rowcount
 

@@ -44,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ccr_box.agent.commands import load_machine_config
+    from ccr_box.config import load_machine_config
 
     data_dir = (
         Path(args.data_dir).expanduser()

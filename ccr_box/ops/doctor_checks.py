@@ -14,6 +14,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccr_box.config import Config, TelegramConfig, default_machine_id
 
@@ -118,7 +119,8 @@ _DB_FIX = "restore a backup (`ccr-box restore PATH`, see the README) or move the
 
 async def local_server(config: Config) -> list[Check]:
     """Is a server running here with this config, and is it ready?"""
-    from ccr_box.ops.probe import local_url, probe_server
+    from ccr_box.client.http import local_url
+    from ccr_box.client.probe import probe_server
 
     server = config.server
     url = local_url(server.host, server.port)
@@ -147,7 +149,7 @@ async def local_server(config: Config) -> list[Check]:
 
 
 def _readiness(url: str, ready: dict) -> list[Check]:
-    checks = ready.get("checks") if isinstance(ready.get("checks"), dict) else {}
+    checks: dict[str, Any] = ready["checks"] if isinstance(ready.get("checks"), dict) else {}
     if not ready.get("ready"):
         error = (checks.get("database") or {}).get("error") or "not ready"
         return [Check("server", FAIL, f"{url} is up but not ready: {error}")]
@@ -192,7 +194,7 @@ def agent_settings(config: Config) -> list[Check]:
 
 async def agent_server(config: Config) -> list[Check]:
     """The server from this machine: reachable, the API key, this machine's agent connected."""
-    from ccr_box.ops.probe import probe_server
+    from ccr_box.client.probe import probe_server
 
     agent = config.agent
     if not (agent.server_url and agent.api_key):

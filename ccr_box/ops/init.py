@@ -2,7 +2,9 @@
 
 Server machine (default): bot token (checked with getMe), the chat(s) to use (found by asking the
 user to message the bot), polling or webhook mode (the webhook is registered), optionally the
-listen address; then the config file is written (mode 0600) and a test message is sent.
+listen address; then the config file is written (mode 0600) and a test message is sent. Without a
+bot (an empty answer at the token prompt, or ``--no-telegram``) the Telegram questions are skipped:
+the config is written for the console only, and init still exits 0 so ``ccr-box up`` can follow.
 ``--agent``: the server URL and API key of an agent machine, checked against the running server.
 
 Every answer can come from a flag instead of a prompt (``--non-interactive``); secrets only ever
@@ -36,6 +38,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--non-interactive", action="store_true", help="never ask; a missing answer is an error"
     )
     server = p.add_argument_group("server machine")
+    server.add_argument(
+        "--no-telegram",
+        action="store_true",
+        help="no bot yet: set up for the console only (add a bot later with `ccr-box init`)",
+    )
     server.add_argument("--bot-token-file", metavar="PATH", help="file holding the bot token")
     server.add_argument("--api-base", metavar="URL", help="Bot API base URL (self-hosted)")
     server.add_argument(
@@ -74,6 +81,8 @@ def _answers_given(args: argparse.Namespace) -> bool:
     """True when the flags (and environment) answer every required question."""
     if args.agent:
         return bool(args.server_url and (args.api_key_file or os.environ.get("CCR_API_KEY")))
+    if args.no_telegram:
+        return True
     token = args.bot_token_file or os.environ.get("TELEGRAM_BOT_TOKEN")
     chats = args.chat_id or args.find_chat
     return bool(token and chats and (args.mode != "webhook" or args.webhook_url))

@@ -155,7 +155,7 @@ def _chat_id(run: InitRun) -> str | None:
 
 async def check_server(server_url: str, api_key: str) -> list[str]:
     """Lines about the server: does it answer /health, does it accept the API key."""
-    from ccr_box.ops.probe import probe_server
+    from ccr_box.client.probe import probe_server
 
     probe = await probe_server(server_url, api_key, timeout_s=_CHECK_TIMEOUT_S)
     if probe.unreachable:

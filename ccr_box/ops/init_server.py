@@ -1,4 +1,8 @@
-"""``ccr-box init`` on the server machine: token, chats, mode, address; write; test; next steps."""
+"""``ccr-box init`` on the server machine: token, chats, mode, address; write; test; next steps.
+
+Without a bot (an empty answer at the token prompt, or ``--no-telegram``) only the address is
+asked: the file is written with its generated secrets, Telegram stays off, and init exits 0.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,14 @@ from ccr_box.ops.webhook_state import WEBHOOK_ROUTE, full_webhook_url
 DEFAULT_API_BASE = TelegramConfig().api_base
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ANY = ("0.0.0.0", "::", "")
+_TELEGRAM_FLAGS = (  # argparse dest, flag: answers that make no sense with --no-telegram
+    ("bot_token_file", "--bot-token-file"),
+    ("chat_id", "--chat-id"),
+    ("find_chat", "--find-chat"),
+    ("user_id", "--user-id"),
+    ("mode", "--mode"),
+    ("webhook_url", "--webhook-url"),
+)
 
 
 def run_server_init(run: InitRun) -> int:
@@ -29,7 +41,15 @@ def run_server_init(run: InitRun) -> int:
         else:
             run.say(f"Creating {run.path} with freshly generated secrets.")
     api_base = _api_base(run)
-    bot, me = _choose_token(run, api_base)
+    if args.no_telegram:
+        for dest, flag in _TELEGRAM_FLAGS:
+            if getattr(args, dest):
+                raise InitUsageError(f"--no-telegram cannot be combined with {flag}")
+        return _without_telegram(run)
+    chosen = _choose_token(run, api_base)
+    if chosen is None:  # an empty answer at the token prompt: no bot for now
+        return _without_telegram(run)
+    bot, me = chosen
     username = str(me.get("username") or "your_bot")
     run.say(f"Bot @{username} OK")
     values: dict[tuple[str, str], Any] = {("telegram", "bot_token"): bot.token}
@@ -47,6 +67,30 @@ def run_server_init(run: InitRun) -> int:
     if not args.no_test_message:
         _send_test_message(run, bot, chats)
     _next_steps(run, chats, public_url)
+    return 0
+
+
+def _without_telegram(run: InitRun) -> int:
+    """Console-only set-up: the address and this machine's agent; Telegram is not touched."""
+    values: dict[tuple[str, str], Any] = {}
+    _choose_address(run, values)
+    _agent_on_this_machine(run, values, [])
+    if values or not run.exists:
+        run.save(values)
+        run.say(f"Wrote {run.path} (mode 0600).")
+    if run.current.telegram.bot_token:
+        run.say("Telegram settings left as they are (the file already has a bot token).")
+    else:
+        run.say()
+        run.say("Telegram is off: no bot token. Everything else works: agents connect, and the")
+        run.say("console (`ccr-box up`) shows machines, sessions and commands and sends commands.")
+        run.say(
+            "To add a bot later, run `ccr-box init` again or set telegram.bot_token in "
+            f"{run.path}, then restart the server."
+        )
+        if os.environ.get("TELEGRAM_BOT_TOKEN", "").strip():
+            run.say("Note: TELEGRAM_BOT_TOKEN is set here; a server started with it uses that bot.")
+    _next_steps(run, [], None)
     return 0
 
 
@@ -68,7 +112,8 @@ def _given_token(run: InitRun) -> tuple[str, str]:
     return (from_env, "TELEGRAM_BOT_TOKEN") if from_env else ("", "")
 
 
-def _choose_token(run: InitRun, api_base: str) -> tuple[Bot, dict[str, Any]]:
+def _choose_token(run: InitRun, api_base: str) -> tuple[Bot, dict[str, Any]] | None:
+    """The bot and its ``getMe``; None when the person has no bot (an empty answer)."""
     given, source = _given_token(run)
     kept = run.current.telegram.bot_token if run.exists else ""
     explained = False
@@ -79,23 +124,27 @@ def _choose_token(run: InitRun, api_base: str) -> tuple[Bot, dict[str, Any]]:
             if not kept:
                 raise InitUsageError(
                     "no bot token: set TELEGRAM_BOT_TOKEN or pass --bot-token-file PATH "
-                    "('-' reads it from standard input)"
+                    "('-' reads it from standard input), or --no-telegram to set up the "
+                    "console only"
                 )
             token, source = kept, "the config file"
         else:
             if not explained:
-                run.say("ccr-box needs a Telegram bot. To create one, open a chat with @BotFather")
-                run.say("in Telegram, send /newbot and answer its two questions (a name, then a")
-                run.say("username ending in 'bot'). It answers with a token like 123456789:AA...")
+                run.say("ccr-box talks to you through a Telegram bot. To create one, open a chat")
+                run.say("with @BotFather in Telegram, send /newbot and answer its two questions (a")
+                run.say("name, then a username ending in 'bot'). It answers with a token like")
+                run.say("123456789:AA...")
+                if not kept:
+                    run.say("No bot at hand? Press Enter: the console works without Telegram,")
+                    run.say("and `ccr-box init` adds a bot later.")
                 explained = True
             question = "Paste the token @BotFather gave you (hidden)"
-            if kept:
-                question += "; Enter keeps the current one"
-            token = run.prompter.secret(question, hint="TELEGRAM_BOT_TOKEN or --bot-token-file")
+            question += "; Enter keeps the current one" if kept else "; Enter skips Telegram"
+            hint = "TELEGRAM_BOT_TOKEN, --bot-token-file or --no-telegram"
+            token = run.prompter.secret(question, hint=hint)
             source = "the prompt"
             if not token and not kept:
-                run.say("A token is needed to continue.")
-                continue
+                return None
             token = token or kept
         bot = Bot(run.runner, token, api_base)
         try:

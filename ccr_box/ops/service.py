@@ -24,15 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ccr_box.ops.service_unit import (
-    AGENT,
-    SERVER,
-    Role,
-    command,
-    render,
-    unit_dir,
-    write_atomically,
-)
+from ccr_box.files import atomic_write
+from ccr_box.ops.service_unit import AGENT, SERVER, Role, command, render, unit_dir
 
 if TYPE_CHECKING:
     from ccr_box.config import Config
@@ -143,15 +136,17 @@ def _install(args: argparse.Namespace, role: Role) -> int:
     target = unit_dir(env) / role.unit
     was_running = target.exists() and _systemctl("is-active", role.unit).out.strip() == "active"
     try:
-        write_atomically(target, unit)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, unit, mode=0o644)  # a unit holds no secret; systemd reads it
     except OSError as exc:
         print(f"ccr-box: service: cannot write {target}: {exc}", file=sys.stderr)
         return 1
     print(f"Wrote {target}.")
     if (result := _systemctl("daemon-reload")).code != 0:
         return _failed("daemon-reload", result)
+    steps: list[tuple[str, ...]]
     if args.no_start or was_running:
-        steps = [("enable", role.unit)] + ([] if args.no_start else [("restart", role.unit)])
+        steps = [("enable", role.unit), *([] if args.no_start else [("restart", role.unit)])]
     else:
         steps = [("enable", "--now", role.unit)]
     for step in steps:

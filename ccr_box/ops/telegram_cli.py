@@ -64,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ccr_box.agent.commands import load_machine_config
+    from ccr_box.config import load_machine_config
 
     action = args.telegram_command
     if action == "webhook":
@@ -120,8 +120,9 @@ async def _test(api: Any, tg: Any, args: argparse.Namespace) -> int:
     from ccr_box.errors import TelegramError
     from ccr_box.ops.telegram_words import explain
 
-    chats = [_chat_id(c) for c in args.chat_id] or list(tg.allowed_chat_ids)
-    if None in chats:
+    given = [_chat_id(c) for c in args.chat_id]
+    chats = [c for c in given if c is not None] or list(tg.allowed_chat_ids)
+    if len(chats) < len(given):
         print(
             "ccr-box: telegram: --chat-id takes a Telegram id (digits, maybe a '-')",
             file=sys.stderr,

@@ -6,19 +6,19 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ccr_box import limits
+from ccr_box import limits, protocol
 from ccr_box.db import outbox as outbox_db
 from ccr_box.db import queue as q
 from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.server import events as ev
-from ccr_box.server import keys, texts
+from ccr_box.server import keys
 from ccr_box.server.auth import header_key_ok, subprotocol_items, subprotocol_key_ok
+from ccr_box.server.enqueue import EnqueueRefused, enqueue_for_session
 from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
 from ccr_box.textutil import utf16_len
 
@@ -131,13 +131,21 @@ async def _apply(request: web.Request, job: Any, action: str, **params: Any) -> 
 
 
 async def status(request: web.Request) -> web.Response:
+    """``GET /admin/status``; ``telegram.allowedChats`` is the number of allowed chats (the config
+    in force, so a live reload shows at once), never the ids."""
     state = request.app[keys.STATE]
     tg = state.telegram
+    allowed = len(request.app[keys.CONFIG].current.telegram.allowed_chat_ids)
     return json_response(
         {
             "bootId": state.boot_id,
             "startedAt": state.started_at,
-            "telegram": {"mode": tg.mode, "state": tg.state, "lastError": tg.last_error},
+            "telegram": {
+                "mode": tg.mode,
+                "state": tg.state,
+                "lastError": tg.last_error,
+                "allowedChats": allowed,
+            },
         }
     )
 
@@ -182,7 +190,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     if after is None:
         return json_error(400, "Invalid after")
     bus = request.app[keys.EVENTS]
-    offered = subprotocol_items(request.headers.get("Sec-WebSocket-Protocol"))
+    offered = subprotocol_items(request)
     ws = web.WebSocketResponse(
         protocols=("ccr",) if "ccr" in offered else (), max_msg_size=limits.MAX_WS_FRAME_BYTES
     )
@@ -236,11 +244,7 @@ async def _pump(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]],
 
 
 def _is_ping(data: str | bytes) -> bool:
-    try:
-        frame = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(frame, dict) and frame.get("type") == "ping"
+    return isinstance(protocol.decode(data), protocol.Ping)
 
 
 # -- more operator actions ------------------------------------------------------------------------
@@ -330,33 +334,20 @@ async def send_command(request: web.Request) -> web.Response:
     text = body.get("text")
     if not isinstance(text, str):
         return json_error(400, "text required")
-    length = utf16_len(text)
-    if length > limits.MAX_COMMAND_LENGTH:
-        return json_error(400, texts.too_long(length))
     session_id = request.match_info["session_id"]
     hub = request.app[keys.HUB]
     now = request.app[keys.CLOCK].now_ms()
-    online = frozenset(hub.connected())  # the job runs on the database thread
-    cmd_id = secrets.token_hex(16)
+    online = frozenset(hub.connected())  # taken before the write, as the pipeline does
 
     def job(c: Any) -> tuple[q.NewCommand, list[dict[str, Any]]]:
-        session = sessions_db.get(c, session_id)
-        if session is None:
-            raise _Refused(404, "Session not found")
-        machine_id = session["machine_id"]
-        active = q.count_active(c, machine_id)
-        if active >= limits.MAX_QUEUE_PER_MACHINE:
-            raise _Refused(409, texts.queue_full(texts.target(session, machine_id), active))
-        cmd = q.NewCommand(cmd_id, machine_id, session_id, text, CONSOLE_CHAT)
-        q.enqueue(c, cmd, now)
-        sessions_db.touch(c, session_id, now)
-        claimed = q.claim_due(c, machine_id, now) if machine_id in online else []
+        cmd = enqueue_for_session(c, session_id, text, CONSOLE_CHAT, now).command
+        claimed = q.claim_due(c, cmd.machine_id, now) if cmd.machine_id in online else []
         return cmd, claimed
 
     try:
         cmd, claimed = await request.app[keys.DB].write(job)
-    except _Refused as refused:
-        return json_error(refused.status, refused.error)
+    except EnqueueRefused as refused:
+        return json_error(refused.status, refused.text)
     queued = cmd.machine_id not in online
     bus = request.app[keys.EVENTS]
     bus.publish(

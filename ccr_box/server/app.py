@@ -15,6 +15,7 @@ from ccr_box import limits
 from ccr_box.clock import Clock, SystemClock
 from ccr_box.config import Config
 from ccr_box.db import Database, database_path
+from ccr_box.logs import quiet_client_errors
 from ccr_box.server import keys
 from ccr_box.server.events import EventBus
 from ccr_box.server.http import error_middleware
@@ -29,6 +30,13 @@ from ccr_box.server.reload import WATCH_INTERVAL_S, ConfigReloader
 from ccr_box.server.routes import setup_routes
 from ccr_box.server.state import ConfigRef, ServerState, TelegramStatus
 from ccr_box.server.telegram import TelegramAPI
+from ccr_box.server.throttle import (
+    DEFAULT_POLICY,
+    THROTTLE,
+    AuthThrottle,
+    ThrottlePolicy,
+    auth_throttle,
+)
 
 log = logging.getLogger("ccr_box.server")
 
@@ -47,17 +55,23 @@ class Options:
     config_watch_interval_s: float = WATCH_INTERVAL_S
     # Applied to every reloaded config, so command-line flags keep winning over the file.
     config_adjust: Callable[[Config], Config] | None = None
+    auth_throttle: ThrottlePolicy | None = DEFAULT_POLICY  # None: no 429 after 401s (tests)
 
 
 def make_app(
     config: Config, *, clock: Clock | None = None, options: Options | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=limits.MAX_HTTP_BODY + 1)
+    quiet_client_errors()  # a malformed request is one warning line, not an ERROR traceback
+    app = web.Application(
+        middlewares=[auth_throttle, error_middleware], client_max_size=limits.MAX_HTTP_BODY + 1
+    )
     options = options or Options()
     clock = clock or SystemClock()
     app[keys.CONFIG] = ConfigRef(config)
     app[keys.CLOCK] = clock
     app[keys.OPTIONS] = options
+    policy = options.auth_throttle
+    app[THROTTLE] = AuthThrottle(clock, policy) if policy is not None else None
     mode = config.telegram.mode if config.telegram.bot_token else "off"
     app[keys.STATE] = ServerState(
         started_at=clock.now_ms(),
@@ -67,7 +81,7 @@ def make_app(
     )
     setup_routes(app, idle_timeout_s=options.idle_timeout_s)
     app.cleanup_ctx.extend([_database, _components, _background])
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(close_connections)
     return app
 
 
@@ -161,7 +175,15 @@ async def _identify(app: web.Application) -> None:
         log.warning("getMe failed: %s", exc)
 
 
-async def _close_sockets(app: web.Application) -> None:
+async def close_connections(app: web.Application) -> None:
+    """Close every agent and event-stream socket with 1001; safe to call twice.
+
+    ``serve`` calls this *before* ``AppRunner.cleanup``: from its first step aiohttp stops
+    reading from open connections, so a peer's answering close frame would never be seen and
+    each close would wait out its 10 s timeout (clients that wait for the server to drop TCP,
+    like Node's WebSocket, then see the close only at the end). ``on_shutdown`` keeps it for
+    runners that never call it first (tests' TestServer).
+    """
     if keys.EVENTS in app:
         app[keys.EVENTS].close()  # event streams close with 1001 too (admin.event_stream)
     if keys.HUB in app:

@@ -11,10 +11,22 @@ _BEARER = re.compile(r"^bearer +(\S+)$", re.IGNORECASE)
 
 
 def secret_equals(presented: str | None, expected: str) -> bool:
-    """Constant-time comparison over UTF-8 bytes; an empty expected secret matches nothing."""
+    """Constant-time comparison of the bytes; an empty expected secret matches nothing.
+
+    aiohttp decodes header bytes that are not UTF-8 into lone surrogates ("surrogateescape");
+    encoding them back the same way compares the bytes the client really sent, so a stray
+    byte is just a wrong secret (401), never an encoding error.
+    """
     if not expected or presented is None:
         return False
-    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+    return hmac.compare_digest(_wire_bytes(presented), _wire_bytes(expected))
+
+
+def _wire_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (e.g. from a URL)
+        return text.encode("utf-8", "surrogatepass")
 
 
 def bearer_key(header: str | None) -> str | None:
@@ -31,15 +43,15 @@ def header_key_ok(request: web.Request, api_key: str) -> bool:
     return bearer_ok or x_api_ok
 
 
-def subprotocol_items(header: str | None) -> list[str]:
-    if not header:
-        return []
-    return [item.strip() for item in header.split(",") if item.strip()]
+def subprotocol_items(request: web.BaseRequest) -> list[str]:
+    """``Sec-WebSocket-Protocol`` items; a header split over several lines counts as one list."""
+    values = request.headers.getall("Sec-WebSocket-Protocol", [])
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 def subprotocol_key_ok(request: web.Request, api_key: str) -> bool:
     """``Sec-WebSocket-Protocol: ccr, <key>``: first item ``ccr``, second the key."""
-    items = subprotocol_items(request.headers.get("Sec-WebSocket-Protocol"))
+    items = subprotocol_items(request)
     return len(items) >= 2 and items[0] == "ccr" and secret_equals(items[1], api_key)
 
 

@@ -18,11 +18,13 @@ from ccr_box.config import Config
 from ccr_box.config_file import assignment
 from ccr_box.server.events import EventBus, preview
 from ccr_box.server.state import ConfigRef
+from ccr_box.wire import clip
 
 log = logging.getLogger("ccr_box.pipeline")
 
 REPORT_EVERY_MS = limits.MINUTE_MS
 _MAX_REMEMBERED = 1000
+_MAX_REPORTS_PER_MINUTE = 20
 _ENV = {"allowed_chat_ids": "ALLOWED_CHAT_IDS", "allowed_user_ids": "ALLOWED_USER_IDS"}
 
 
@@ -92,11 +94,16 @@ class DeniedReporter:
     def report(self, chat_id: str | None, user_id: str | None, update: dict[str, Any]) -> bool:
         """Log and publish ``telegram.denied`` unless this sender was reported a minute ago."""
         if chat_id is None:
-            log.info("update %s without a chat ignored", update.get("update_id"))
+            log.info("update %s without a chat ignored", clip(update.get("update_id")))
             return False
         now = self._clock.now_ms()
         last = self._last.get((chat_id, user_id))
         if last is not None and now - last < REPORT_EVERY_MS:
+            return False
+        # Many different senders within a minute (a leaked webhook secret, a spammed group):
+        # a few reports say it all.
+        recent = [t for t in self._last.values() if now - t < REPORT_EVERY_MS]
+        if len(recent) >= _MAX_REPORTS_PER_MINUTE:
             return False
         if len(self._last) >= _MAX_REMEMBERED:
             self._last.clear()
@@ -106,15 +113,20 @@ class DeniedReporter:
         who = describe_chat(update)
         named = who.get("chatTitle") or who.get("chatUsername") or who.get("fromName") or "?"
         log.warning(
-            "ignored a message from %s %s (%r, user %s): not in telegram.%s. To allow it, set %s",
-            who.get("chatType", "chat"),
-            chat_id,
-            named,
-            user_id or "?",
+            "ignored a message from %s %s (%s, user %s): not in telegram.%s. To allow it, set %s",
+            clip(who.get("chatType", "chat"), 20),
+            clip(chat_id, 40),
+            clip(named, 60),
+            clip(user_id or "?", 40),
             key,
-            how,
+            clip(how, 300),
         )
         self._events.publish(
-            "telegram.denied", chatId=chat_id, userId=user_id, key=key, allowWith=how, **who
+            "telegram.denied",
+            chatId=clip(chat_id, 40),
+            userId=clip(user_id, 40) if user_id else None,
+            key=key,
+            allowWith=clip(how, 300),
+            **{k: preview(v) for k, v in who.items()},
         )
         return True

@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
 from ccr_box import limits
+from ccr_box.wire import BadJson, decode_object
 
 log = logging.getLogger("ccr_box.server")
 
 
 class BodyTooLarge(Exception):
-    pass
-
-
-class BadJson(Exception):
     pass
 
 
@@ -54,26 +51,8 @@ async def read_body(request: web.Request, limit: int = limits.MAX_HTTP_BODY) -> 
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """JSON object or BadJson, whatever the Content-Type said."""
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadJson from None
-    if not isinstance(value, dict):
-        raise BadJson
-    # A lone surrogate ("\ud800", or its raw UTF-8 bytes, which json.loads lets through) is not
-    # text: it cannot be stored in SQLite or sent on, so refuse it here instead of failing later.
-    if (not raw.isascii() or b"\\u" in raw) and not _encodable(value):
-        raise BadJson
-    return value
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    """JSON object or BadJson, whatever the Content-Type said (see :mod:`ccr_box.wire`)."""
+    return decode_object(raw)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:
@@ -86,7 +65,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | web.Respons
         return json_error(400, "Invalid JSON body")
 
 
-def is_nonempty_str(value: Any) -> bool:
+def is_nonempty_str(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) >= 1
 
 
@@ -105,6 +84,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(404, "Not found")
     except web.HTTPException:
         raise
+    except ConnectionError:
+        # The client went away mid-request (body cut short, socket reset): nothing to answer,
+        # and nothing for the log beyond a debug line.
+        log.debug("client left during %s %s", request.method, _safe_path(request))
+        return json_error(400, "Connection lost")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, _safe_path(request))
         return json_error(500, "Internal server error")

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ccr_box import protocol
+from ccr_box import limits, protocol
 from ccr_box.clock import Clock
 from ccr_box.db import Database
 from ccr_box.db import queue as q
@@ -30,7 +30,12 @@ from ccr_box.server.notifier import Notifier
 log = logging.getLogger("ccr_box.hub")
 
 _ids = itertools.count(1)
+NOT_READING = (4003, "Not reading")  # recorded when an agent's socket stayed full (see send)
 CLOSE_WAIT_S = 5.0  # how long a replacement/shutdown close waits for the old handler
+_CLOSE_ANSWERS: dict[bool | None, str] = {
+    True: " (agent answered the close)",
+    False: " (agent never answered the close)",
+}
 
 
 @dataclass(eq=False)
@@ -53,6 +58,13 @@ class AgentConnection:
     booted: asyncio.Event = field(default_factory=asyncio.Event)  # boot sent: commands may follow
     reader: asyncio.Task[Any] | None = None  # the handler task reading this socket
     receiving: bool = False  # the reader is parked in ws.receive()
+    # A frame that cannot be handed to the socket within this long means the agent stopped
+    # reading (suspended, wedged); the hub sets it from Hub.send_timeout_s on attach.
+    send_timeout_s: float = limits.WS_SEND_TIMEOUT_S
+    stalled: bool = False  # a send timed out: the connection is being dropped
+    # After a server-initiated close: whether the agent answered with its close frame (False: it
+    # was half-open, or the close timed out).
+    close_answered: bool | None = None
 
     def request_close(self) -> None:
         """Ask the reader to close with a handshake; wake it if it is waiting for a frame.
@@ -75,10 +87,35 @@ class AgentConnection:
         while self.frame_tasks:
             await asyncio.gather(*self.frame_tasks, return_exceptions=True)
 
+    @property
+    def open(self) -> bool:
+        return not self.ws.closed and not self.stalled
+
     async def send(self, text: str) -> None:
-        if self.ws.closed:
+        """Send one frame; ConnectionError when closed or when the agent stopped reading.
+
+        An agent that reads nothing (a stopped process keeps its TCP connection) fills the
+        socket, after which a plain send waits forever -- and with it the maintenance tick, a
+        webhook or the polling loop. So a send that waits longer than ``send_timeout_s`` drops
+        the connection instead; unacknowledged rows are re-sent on the next one (§6.1).
+        """
+        if not self.open:
             raise ConnectionError("connection is closed")
-        await self.ws.send_str(text)
+        try:
+            # (a timeout scope, not wait_for: no extra task, so frames keep their order)
+            async with asyncio.timeout(self.send_timeout_s):
+                await self.ws.send_str(text)
+        except TimeoutError:
+            self.stalled = True
+            if self.server_close is None:
+                self.server_close = NOT_READING
+            self.request_close()
+            log.warning(
+                "machine %s read nothing for %g s; dropping its connection",
+                self.machine_id,
+                self.send_timeout_s,
+            )
+            raise ConnectionError("agent stopped reading") from None
 
     def age_s(self) -> float:
         return time.monotonic() - self.opened_monotonic
@@ -100,18 +137,20 @@ class Hub:
         self.boot_id = boot_id
         self._current: dict[str, AgentConnection] = {}
         self._closing: set[asyncio.Task[None]] = set()  # background closes and flush passes
+        self.send_timeout_s = limits.WS_SEND_TIMEOUT_S  # see AgentConnection.send
 
     # -- presence -----------------------------------------------------------------------------
 
     def is_connected(self, machine_id: str) -> bool:
         conn = self._current.get(machine_id)
-        return conn is not None and not conn.ws.closed
+        return conn is not None and conn.open
 
     def connected(self) -> dict[str, AgentConnection]:
-        return {m: c for m, c in self._current.items() if not c.ws.closed}
+        return {m: c for m, c in self._current.items() if c.open}
 
     async def attach(self, conn: AgentConnection) -> None:
         """Make ``conn`` current, replace an older one, re-arm sent rows, boot, flush (§4.1)."""
+        conn.send_timeout_s = self.send_timeout_s
         old = self._current.get(conn.machine_id)
         self._current[conn.machine_id] = conn
         if old is not None and old is not conn:
@@ -134,12 +173,13 @@ class Hub:
         if self._current.get(conn.machine_id) is conn:
             del self._current[conn.machine_id]
         log.info(
-            "machine disconnected machine=%s code=%s reason=%r closed_by=%s age=%.1fs",
+            "machine disconnected machine=%s code=%s reason=%r closed_by=%s age=%.1fs%s",
             conn.machine_id,
             code,
             reason,
             by,
             conn.age_s(),
+            _CLOSE_ANSWERS.get(conn.close_answered, ""),
         )
         now = self._clock.now_ms()
         # Shielded: the handler task is often being cancelled right now (the transport just
@@ -189,8 +229,13 @@ class Hub:
         if not rows:
             return 0
         conn = self._current.get(machine_id)
-        if conn is not None:
-            await conn.booted.wait()
+        if conn is not None and not conn.booted.is_set():
+            # The machine's connection is in its connect sequence (§4.1), so these rows were
+            # claimed before it re-armed the machine's sent rows: they are pending again and its
+            # connect flush sends them, oldest first. Sending them here, right after its boot,
+            # would put them ahead of older rows that flush re-sends (per-session order).
+            # (A claim committed after the re-arm is answered after it, when boot has been sent.)
+            return 0
         failed: list[tuple[dict[str, Any], str]] = []
         for row in rows:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from ccr_box import limits
@@ -68,10 +69,9 @@ class Maintenance:
         rows = await self._db.write(lambda db: q.dead_letter_due(db, now))
         for row in rows:
             session = None
-            if row.get("session_id"):
-                session = await self._db.read(
-                    lambda db, s=row["session_id"]: sessions_db.get(db, s)
-                )
+            session_id = row.get("session_id")
+            if session_id:
+                session = await self._db.read(partial(sessions_db.get, session_id=session_id))
             log.warning(
                 "command %s for %s is dead (%s)",
                 row["command_id"],

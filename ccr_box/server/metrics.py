@@ -1,174 +1,36 @@
-"""A small metrics registry and the server's metrics, exposed in the Prometheus text format 0.0.4.
+"""The server's metrics, on a ``prometheus_client`` registry of its own.
 
-Hand-written on purpose (no client library): counters, gauges and one fixed-bucket histogram are
-all ``/metrics`` needs. Everything runs on the event loop thread, so there is no locking.
+Each :class:`ServerMetrics` owns a :class:`~prometheus_client.CollectorRegistry` (never the
+library's global default one), so several apps in one process (the test suite) never collide.
+``/metrics`` (``server/observe.py``) serves it with ``generate_latest``. The registry also holds a
+:class:`~prometheus_client.ProcessCollector` (``process_*``: CPU, memory, open files, start time).
 
 Counters are fed by the :class:`~ccr_box.server.events.EventBus` (``ServerMetrics.on_event`` is a
-synchronous listener) and by the Telegram client (``ServerMetrics.telegram_error``). Gauges that
-describe the database are set at scrape time (``server/observe.py``). Machine ids, session ids
-and chat ids never become label values: their number is unbounded.
+synchronous listener) and by the Telegram client (``ServerMetrics.telegram_error``). The gauges
+that describe the database are read at scrape time (``server/observe.py`` reads the counts, then
+:meth:`ServerMetrics.scraped` hands them over); when the database does not answer, those series
+are left out rather than shown stale. Machine ids, session ids and chat ids never become label
+values: their number is unbounded.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from ccr_box import __version__
+from ccr_box.db.queue import STATUSES
+from ccr_box.db.stats import Counts
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-LabelValues = tuple[str, ...]
-
-
-def format_value(value: float) -> str:
-    """A sample value (or ``le`` bound) as the exposition format spells it."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def escape_label_value(value: str) -> str:
-    """Backslash, double quote and line feed are escaped inside a label value."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    """Backslash and line feed are escaped in HELP text."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _labels_text(names: Iterable[str], values: Iterable[str]) -> str:
-    pairs = [f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True)]
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-class _Family:
-    """One metric family: a name, HELP, TYPE and its samples keyed by label values."""
-
-    type_name = "untyped"
-
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
-        if not _METRIC_NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        for label in labels:
-            if not _LABEL_NAME.match(label) or label.startswith("__"):
-                raise ValueError(f"invalid label name {label!r}")
-        self.name = name
-        self.help = help_text
-        self.labels = labels
-        self._values: dict[LabelValues, float] = {}
-        if not labels:
-            self._values[()] = 0.0  # an unlabelled series always exists
-
-    def _key(self, labels: Mapping[str, Any]) -> LabelValues:
-        if set(labels) != set(self.labels):
-            raise ValueError(f"{self.name} takes labels {self.labels}, got {tuple(labels)}")
-        return tuple(str(labels[name]) for name in self.labels)
-
-    def value(self, **labels: Any) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def lines(self) -> list[str]:
-        return [
-            f"{self.name}{_labels_text(self.labels, key)} {format_value(value)}"
-            for key, value in sorted(self._values.items())
-        ]
-
-
-class Counter(_Family):
-    type_name = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: Any) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-
-class Gauge(_Family):
-    type_name = "gauge"
-
-    def set(self, value: float, **labels: Any) -> None:
-        self._values[self._key(labels)] = float(value)
-
-    def clear(self) -> None:
-        """Forget every series: the family is listed without samples until the next ``set``."""
-        self._values = {}
-
-
-class Histogram(_Family):
-    """Fixed upper bounds; ``+Inf`` is implied. Unlabelled: one series is all we need."""
-
-    type_name = "histogram"
-
-    def __init__(self, name: str, help_text: str, buckets: Iterable[float]) -> None:
-        super().__init__(name, help_text)
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
-        self.bounds: tuple[float, ...] = (*bounds, math.inf)
-        self._counts = [0] * len(self.bounds)  # per bucket, not cumulative
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for index, bound in enumerate(self.bounds):
-            if value <= bound:
-                self._counts[index] += 1
-                break
-        self.sum += value
-        self.count += 1
-
-    def lines(self) -> list[str]:
-        out = []
-        cumulative = 0
-        for bound, n in zip(self.bounds, self._counts, strict=True):
-            cumulative += n
-            out.append(f'{self.name}_bucket{{le="{format_value(bound)}"}} {cumulative}')
-        out.append(f"{self.name}_sum {format_value(self.sum)}")
-        out.append(f"{self.name}_count {self.count}")
-        return out
-
-
-class Registry:
-    """Families in registration order; :meth:`render` writes the exposition text."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, _Family] = {}
-
-    def _add(self, family: _Family) -> Any:
-        if family.name in self._families:
-            raise ValueError(f"metric {family.name} is already registered")
-        self._families[family.name] = family
-        return family
-
-    def counter(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
-        return self._add(Counter(name, help_text, labels))
-
-    def gauge(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return self._add(Gauge(name, help_text, labels))
-
-    def histogram(self, name: str, help_text: str, buckets: Iterable[float]) -> Histogram:
-        return self._add(Histogram(name, help_text, buckets))
-
-    def render(self) -> str:
-        out: list[str] = []
-        for family in self._families.values():
-            out.append(f"# HELP {family.name} {escape_help(family.help)}")
-            out.append(f"# TYPE {family.name} {family.type_name}")
-            out.extend(family.lines())
-        return "\n".join(out) + "\n"
-
-
-# -- the server's metrics ---------------------------------------------------------------------------
+# No ``*_created`` series: they would double the series count, and the server's start time is
+# already ``ccr_box_start_time_seconds``. The library only offers this switch process-wide; ccr-box
+# is its only user in the process.
+prometheus_client.disable_created_metrics()
 
 ACK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 MAX_TRACKED_COMMANDS = 10_000  # enqueue times kept for the ack histogram
@@ -176,8 +38,45 @@ ERROR_KINDS = ("permanent", "transient", "rate_limited")
 SOURCES = ("telegram", "console")
 
 
+class DatabaseCollector(Collector):
+    """``ccr_box_database_ok``, ``ccr_box_commands{state}``, ``ccr_box_outbox_pending`` and
+    ``ccr_box_sessions`` from the counts of the last scrape (``None``: the database did not answer,
+    so ``database_ok`` is 0 and the other three families are listed without samples)."""
+
+    def __init__(self) -> None:
+        self.counts: Counts | None = None
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(self.counts)
+
+    @staticmethod
+    def _families(counts: Counts | None) -> list[GaugeMetricFamily]:
+        ok = GaugeMetricFamily(
+            "ccr_box_database_ok", "1 when the database answered the scrape's queries, else 0."
+        )
+        ok.add_metric([], 0 if counts is None else 1)
+        commands = GaugeMetricFamily(
+            "ccr_box_commands",
+            "Commands in the queue by state, read at scrape time.",
+            labels=["state"],
+        )
+        outbox = GaugeMetricFamily(
+            "ccr_box_outbox_pending", "Notification chunks Telegram has not accepted yet."
+        )
+        sessions = GaugeMetricFamily("ccr_box_sessions", "Registered sessions.")
+        if counts is not None:
+            for state in STATUSES:
+                commands.add_metric([state], counts.commands.get(state, 0))
+            outbox.add_metric([], counts.outbox_pending)
+            sessions.add_metric([], counts.sessions)
+        return [ok, commands, outbox, sessions]
+
+
 class ServerMetrics:
-    """Every ``ccr_box_*`` metric of one server process.
+    """Every ``ccr_box_*`` metric of one server process, plus ``process_*``.
 
     The enqueue-to-ack histogram needs each command's enqueue time when its ack arrives. The
     ``command.acked`` event does not carry it (its shape is part of the console's event stream), so
@@ -187,64 +86,75 @@ class ServerMetrics:
     """
 
     def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.up = r.gauge("ccr_box_up", "1 while the server is running.")
-        self.start_time = r.gauge(
-            "ccr_box_start_time_seconds", "When the server started, in seconds since the epoch."
+        r = self.registry = CollectorRegistry()
+        self.up = Gauge("ccr_box_up", "1 while the server is running.", registry=r)
+        self.start_time = Gauge(
+            "ccr_box_start_time_seconds",
+            "When the server started, in seconds since the epoch.",
+            registry=r,
         )
-        self.build_info = r.gauge(
-            "ccr_box_build_info", "Always 1; the version is the label.", ("version",)
+        self.build_info = Gauge(
+            "ccr_box_build_info", "Always 1; the version is the label.", ["version"], registry=r
         )
-        self.database_ok = r.gauge(
-            "ccr_box_database_ok", "1 when the database answered the scrape's queries, else 0."
+        self.database = DatabaseCollector()
+        r.register(self.database)
+        self.machines_connected = Gauge(
+            "ccr_box_machines_connected", "Agents connected over WebSocket now.", registry=r
         )
-        self.commands = r.gauge(
-            "ccr_box_commands", "Commands in the queue by state, read at scrape time.", ("state",)
-        )
-        self.outbox_pending = r.gauge(
-            "ccr_box_outbox_pending", "Notification chunks Telegram has not accepted yet."
-        )
-        self.sessions = r.gauge("ccr_box_sessions", "Registered sessions.")
-        self.machines_connected = r.gauge(
-            "ccr_box_machines_connected", "Agents connected over WebSocket now."
-        )
-        self.enqueued = r.counter(
+        self.enqueued = Counter(
             "ccr_box_commands_enqueued_total",
             "Commands queued, by where they came from.",
-            ("source",),
+            ["source"],
+            registry=r,
         )
-        self.deliveries = r.counter(
-            "ccr_box_command_deliveries_total", "Command frames sent to agents, re-sends included."
+        self.deliveries = Counter(
+            "ccr_box_command_deliveries_total",
+            "Command frames sent to agents, re-sends included.",
+            registry=r,
         )
-        self.dead_letters = r.counter(
-            "ccr_box_dead_letters_total", "Commands that went dead (expired or out of attempts)."
+        self.dead_letters = Counter(
+            "ccr_box_dead_letters_total",
+            "Commands that went dead (expired or out of attempts).",
+            registry=r,
         )
-        self.results = r.counter(
-            "ccr_box_command_results_total", "Execution results reported by agents.", ("status",)
+        self.results = Counter(
+            "ccr_box_command_results_total",
+            "Execution results reported by agents.",
+            ["status"],
+            registry=r,
         )
-        self.telegram_errors = r.counter(
+        self.telegram_errors = Counter(
             "ccr_box_telegram_api_errors_total",
             "Failed Bot API calls (after the client's own 429 retries).",
-            ("method", "kind"),
+            ["method", "kind"],
+            registry=r,
         )
-        self.webhook_to_ack = r.histogram(
+        self.webhook_to_ack = Histogram(
             "ccr_box_webhook_to_ack_seconds",
             "From a command being queued (Telegram update or console) to the agent's ack.",
-            ACK_BUCKETS_S,
+            buckets=ACK_BUCKETS_S,
+            registry=r,
         )
+        ProcessCollector(registry=r)
         self.up.set(1)
-        self.build_info.set(1, version=__version__)
+        self.build_info.labels(version=__version__).set(1)
         for source in SOURCES:
-            self.enqueued.inc(0, source=source)
+            self.enqueued.labels(source=source)  # listed at 0 from the start
         for status in ("ok", "error"):
-            self.results.inc(0, status=status)
+            self.results.labels(status=status)
         self._queued_at: dict[str, int] = {}
+
+    def scraped(self, counts: Counts | None, machines_connected: int, started_at_ms: int) -> None:
+        """Set the scrape-time gauges; ``counts`` is ``None`` when the database did not answer."""
+        self.database.counts = counts
+        self.machines_connected.set(machines_connected)
+        self.start_time.set(started_at_ms / 1000)
 
     def on_event(self, event: Mapping[str, Any]) -> None:
         """EventBus listener: count what the event says happened."""
         kind, data, at = event["kind"], event["data"], event["at"]
         if kind == "command.queued":
-            self.enqueued.inc(source=data.get("source") or "unknown")
+            self.enqueued.labels(source=str(data.get("source") or "unknown")).inc()
             self._remember(data.get("commandId"), at)
         elif kind == "command.sent":
             self.deliveries.inc(len(data.get("commandIds") or ()))
@@ -256,11 +166,12 @@ class ServerMetrics:
             self.dead_letters.inc()
             self._queued_at.pop(data.get("commandId"), None)
         elif kind == "command.result":
-            self.results.inc(status="ok" if data.get("result") == "ok" else "error")
+            self.results.labels(status="ok" if data.get("result") == "ok" else "error").inc()
 
     def telegram_error(self, method: str, kind: str) -> None:
         """TelegramAPI's ``on_error`` callback: one failed call of ``method``."""
-        self.telegram_errors.inc(method=method, kind=kind if kind in ERROR_KINDS else "permanent")
+        kind = kind if kind in ERROR_KINDS else "permanent"
+        self.telegram_errors.labels(method=method, kind=kind).inc()
 
     def _remember(self, command_id: Any, at: int) -> None:
         if not isinstance(command_id, str):

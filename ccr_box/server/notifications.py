@@ -105,10 +105,16 @@ async def send_notification(request: web.Request) -> web.Response:
         await db.write(lambda c: sessions_db.touch(c, req.session_id, now))
         return json_error(400, "token does not match replyMarkup")
 
+    # Record before showing: a database that cannot take a write (full or read-only disk) must
+    # fail the request before the message reaches the phone, or the daemon's retry shows it
+    # twice and a reply to the first copy cannot route. (Not fsynced: the commit after the send
+    # is, with the message mappings.)
+    await db.write(lambda c: sessions_db.touch(c, req.session_id, now), durable=False)
     # Whitespace-only text yields no chunk; send it as is and let Telegram judge it.
     chunks = split_message(req.text, req.entities) or [Chunk(req.text, req.entities)]
     telegram = app[keys.TELEGRAM]
-    sent: list[int] = []  # message ids of chunks Telegram accepted, in order
+    accepted = 0  # chunks Telegram took, in order
+    sent: list[int] = []  # their message ids (an answer without one still counts as accepted)
     failure: TelegramPermanentError | None = None
     transient: TelegramTransientError | None = None
     if telegram.enabled:
@@ -124,8 +130,11 @@ async def send_notification(request: web.Request) -> web.Response:
             except TelegramTransientError as exc:
                 transient = exc
                 break
-            sent.append(int(message["message_id"]))
-    unsent = [] if failure else list(enumerate(chunks))[len(sent) :]
+            accepted += 1
+            message_id = telegram.message_id_of(message)
+            if message_id is not None:
+                sent.append(message_id)
+    unsent = [] if failure else list(enumerate(chunks))[accepted:]
     retry_at = now
     if transient is not None:
         # The background sender backs off from this failed attempt (and honours a 429's wait).

@@ -33,7 +33,8 @@ class Notifier:
         self._telegram = telegram
         self._config = config
         self._sleep = sleep
-        self._retry_delay_s = retry_delay_s
+        # Public so fault tests can shorten it on a running server (attempt n waits n × this).
+        self.retry_delay_s = retry_delay_s
         self._tasks: set[asyncio.Task[None]] = set()
 
     def chat_allowed(self, chat_id: str | None) -> bool:
@@ -72,17 +73,30 @@ class Notifier:
                 if attempt == TEXT_RETRIES:
                     log.warning("giving up on a text to chat %s: %s", chat_id, exc)
                     return False
-                await self._sleep(self._retry_delay_s * attempt)
+                await self._sleep(self.retry_delay_s * attempt)
             except TelegramError as exc:
                 log.warning("Telegram refused a text to chat %s: %s", chat_id, exc)
                 return False
         return False
 
     async def _answer(self, callback_query_id: str, text: str | None) -> None:
-        try:
-            await self._telegram.answer_callback_query(callback_query_id, text, wait_budget_s=None)
-        except TelegramError as exc:
-            log.warning("answerCallbackQuery failed: %s", exc)
+        # §7.5: every callback query is answered, else the button's spinner keeps turning. A
+        # transient failure is retried like a text. Telegram refuses answers to queries older
+        # than about 15 s, and a second answer after a lost one: such a refusal is only logged.
+        for attempt in range(1, TEXT_RETRIES + 1):
+            try:
+                await self._telegram.answer_callback_query(
+                    callback_query_id, text, wait_budget_s=None
+                )
+                return
+            except TelegramTransientError as exc:
+                if attempt == TEXT_RETRIES:
+                    log.warning("answerCallbackQuery failed, giving up: %s", exc)
+                    return
+                await self._sleep(self.retry_delay_s * attempt)
+            except TelegramError as exc:
+                log.warning("answerCallbackQuery failed: %s", exc)
+                return
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

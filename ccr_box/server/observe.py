@@ -6,7 +6,8 @@ do not make it unready: agents, hooks and queued commands keep working, so the a
 with ``"degraded": true``. The body carries no secrets and no ids.
 
 ``/metrics`` needs the API key unless ``server.metrics_public`` is true; the config is read per
-request, so a live reload takes effect at once.
+request, so a live reload takes effect at once. The text is ``prometheus_client``'s
+``generate_latest`` of the app's own registry (``server/metrics.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlite3
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ccr_box import __version__
 from ccr_box.config import secrets_of
@@ -25,7 +27,6 @@ from ccr_box.errors import CcrBoxError
 from ccr_box.server import keys
 from ccr_box.server.auth import require_api_key
 from ccr_box.server.http import json_response
-from ccr_box.server.metrics import CONTENT_TYPE
 
 log = logging.getLogger("ccr_box.observe")
 
@@ -61,6 +62,9 @@ async def _read(app: web.Application, job: Any, timeout_s: float) -> Any:
 async def database_check(app: web.Application) -> dict[str, Any]:
     """``{"ok": true}`` or ``{"ok": false, "error": "..."}``; never raises."""
     try:
+        failure = app[keys.DB].sync_failure
+        if failure is not None:
+            raise failure
         await _read(app, stats.check, DB_CHECK_TIMEOUT_S)
     except Exception as exc:
         log.warning("readiness: database check failed: %s", type(exc).__name__)
@@ -102,20 +106,9 @@ async def _scrape(request: web.Request) -> web.Response:
     except Exception as exc:  # the other metrics are still worth serving
         log.warning("metrics: database counts failed: %s", type(exc).__name__)
         counts = None
-    if counts is None:
-        metrics.database_ok.set(0)
-        for gauge in (metrics.commands, metrics.outbox_pending, metrics.sessions):
-            gauge.clear()  # no stale numbers: the series disappear until the database answers
-    else:
-        metrics.database_ok.set(1)
-        for status, n in counts.commands.items():
-            metrics.commands.set(n, state=status)
-        metrics.outbox_pending.set(counts.outbox_pending)
-        metrics.sessions.set(counts.sessions)
-    metrics.machines_connected.set(len(app[keys.HUB].connected()))
-    metrics.start_time.set(app[keys.STATE].started_at / 1000)
+    metrics.scraped(counts, len(app[keys.HUB].connected()), app[keys.STATE].started_at)
     return web.Response(
-        body=metrics.registry.render().encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
 
 

@@ -84,13 +84,14 @@ class OutboxSender:
             await self._db.write(lambda c: outbox_db.mark_retry(c, row["id"], error, retry_at))
             return "retry"
         now = self._clock.now_ms()
-        message_id = int(message["message_id"])
+        message_id = self._telegram.message_id_of(message)
 
         def job(c: Any) -> None:
             outbox_db.mark_sent(c, row["id"], message_id, now)
-            sessions_db.map_messages(
-                c, [(row["chat_id"], message_id, row["session_id"], row["token"])], now
-            )
+            if message_id is not None:
+                sessions_db.map_messages(
+                    c, [(row["chat_id"], message_id, row["session_id"], row["token"])], now
+                )
 
         await self._db.write(job)
         return "sent"

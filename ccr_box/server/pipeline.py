@@ -14,7 +14,6 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccr_box import limits
 from ccr_box.clock import Clock
 from ccr_box.db import Database
 from ccr_box.db import queue as q
@@ -23,11 +22,12 @@ from ccr_box.db import updates as updates_db
 from ccr_box.protocol import chat_id_text
 from ccr_box.server import texts
 from ccr_box.server.denied import DeniedReporter
+from ccr_box.server.enqueue import EnqueueRefused, enqueue_for_session
 from ccr_box.server.events import EventBus, preview
 from ccr_box.server.hub import Hub
 from ccr_box.server.notifier import Notifier
 from ccr_box.server.state import ConfigRef, TelegramStatus
-from ccr_box.textutil import utf16_len
+from ccr_box.wire import positive_int64
 
 log = logging.getLogger("ccr_box.pipeline")
 
@@ -64,6 +64,13 @@ class Context:
     callback: dict[str, Any] | None
     thread_id: int | None
     online: frozenset[str] = frozenset()  # connected machines when the update arrived
+
+    @property
+    def chat(self) -> str:
+        """The chat id of an allowed update (the allowlist let nothing without one through)."""
+        if self.chat_id is None:
+            raise ValueError("update has no chat")
+        return self.chat_id
 
 
 class Pipeline:
@@ -148,7 +155,7 @@ class Pipeline:
         text = message.get("text")
         if not isinstance(text, str):
             reply_id = _reply_id(message)
-            if reply_id is not None and sessions_db.session_for_reply(db, ctx.chat_id, reply_id):
+            if reply_id is not None and sessions_db.session_for_reply(db, ctx.chat, reply_id):
                 return Outcome(texts=[texts.ONLY_TEXT])
             return Outcome()
         match = BOT_COMMAND.match(text)
@@ -174,7 +181,7 @@ class Pipeline:
         if lowered in ("help", "start"):
             return Outcome(texts=[texts.HELP])
         if lowered == "sessions":
-            rows = sessions_db.live_in_chat(db, ctx.chat_id)
+            rows = sessions_db.live_in_chat(db, ctx.chat)
             online = set(ctx.online)
             return Outcome(texts=[texts.live_sessions(rows, online, now)])
         if lowered in ("launch", "kill") and self._config.current.server.enable_launch:
@@ -187,9 +194,14 @@ class Pipeline:
         session_id = None
         reply_id = _reply_id(ctx.message or {})
         if reply_id is not None:
-            session_id = sessions_db.session_for_reply(db, ctx.chat_id, reply_id)
+            session_id = sessions_db.session_for_reply(db, ctx.chat, reply_id)
+        if session_id is None and token is None and reply_id is not None:
+            # A notification whose Telegram answer was lost has no mapping (its message_id never
+            # arrived), but Telegram echoes its buttons in reply_to_message: their cmd:<token>
+            # names the session as well as a mapping would (§8.2: both copies route).
+            token = _button_token(ctx.message or {})
         if session_id is None and token is not None:
-            session_id = sessions_db.session_for_token(db, token, ctx.chat_id)
+            session_id = sessions_db.session_for_token(db, token, ctx.chat)
         if session_id is None:
             return Outcome(texts=[texts.NO_SESSION])
         return self._enqueue_execute(db, ctx, session_id, command, now)
@@ -197,28 +209,15 @@ class Pipeline:
     def _enqueue_execute(
         self, db: sqlite3.Connection, ctx: Context, session_id: str, command: str, now: int
     ) -> Outcome:
-        length = utf16_len(command)
-        if length > limits.MAX_COMMAND_LENGTH:
-            return Outcome(texts=[texts.too_long(length)])
-        session = sessions_db.get(db, session_id)
-        if session is None:
-            return Outcome(texts=[texts.SESSION_NOT_FOUND])
-        machine_id = session["machine_id"]
-        target = texts.target(session, machine_id)
-        active = q.count_active(db, machine_id)
-        if active >= limits.MAX_QUEUE_PER_MACHINE:
-            return Outcome(texts=[texts.queue_full(target, active)])
-        cmd = q.NewCommand(
-            command_id=secrets.token_hex(16),
-            machine_id=machine_id,
-            session_id=session_id,
-            command=command,
-            chat_id=ctx.chat_id or "",
-            update_id=ctx.update_id,
+        try:
+            queued = enqueue_for_session(
+                db, session_id, command, ctx.chat, now, update_id=ctx.update_id
+            )
+        except EnqueueRefused as refused:
+            return Outcome(texts=[refused.text])
+        return Outcome(
+            enqueued_machine=queued.command.machine_id, target=queued.target, queued=queued.command
         )
-        q.enqueue(db, cmd, now)
-        sessions_db.touch(db, session_id, now)
-        return Outcome(enqueued_machine=machine_id, target=target, queued=cmd)
 
     def _callback(self, db: sqlite3.Connection, ctx: Context, now: int) -> Outcome:
         data = (ctx.callback or {}).get("data")
@@ -228,7 +227,7 @@ class Pipeline:
         if len(parts) < 3 or ctx.chat_id is None:
             return Outcome(answer=texts.SESSION_EXPIRED)
         token, action = parts[1], ":".join(parts[2:])
-        session_id = sessions_db.session_for_token(db, token, ctx.chat_id) if token else None
+        session_id = sessions_db.session_for_token(db, token, ctx.chat) if token else None
         if session_id is None:
             return Outcome(answer=texts.SESSION_EXPIRED)
         command = BUTTON_ACTIONS.get(action, action)
@@ -306,9 +305,9 @@ class Pipeline:
 
 
 def _context(update: dict[str, Any]) -> Context:
-    update_id = update.get("update_id")
-    if isinstance(update_id, bool) or not isinstance(update_id, int) or update_id <= 0:
-        update_id = None
+    # Ids beyond SQLite's 64 bits cannot be real Telegram ids: treated as absent, not as errors
+    # (an error would make Telegram re-deliver the update forever).
+    update_id = positive_int64(update.get("update_id"))
     message = update.get("message") if isinstance(update.get("message"), dict) else None
     callback = (
         update.get("callback_query") if isinstance(update.get("callback_query"), dict) else None
@@ -325,10 +324,8 @@ def _context(update: dict[str, Any]) -> Context:
         chat_id = _id_of(source.get("chat"))
         if message is not None:
             user_id = _id_of(message.get("from"))
-        if source.get("is_topic_message") is True and isinstance(
-            source.get("message_thread_id"), int
-        ):
-            thread_id = source["message_thread_id"]
+        if source.get("is_topic_message") is True:
+            thread_id = positive_int64(source.get("message_thread_id"))
     return Context(update_id, chat_id, user_id, message, callback, thread_id)
 
 
@@ -338,8 +335,18 @@ def _id_of(obj: Any) -> str | None:
 
 def _reply_id(message: dict[str, Any]) -> int | None:
     reply = message.get("reply_to_message")
-    if isinstance(reply, dict):
-        mid = reply.get("message_id")
-        if isinstance(mid, int) and not isinstance(mid, bool):
-            return mid
+    return positive_int64(reply.get("message_id")) if isinstance(reply, dict) else None
+
+
+def _button_token(message: dict[str, Any]) -> str | None:
+    """The ``cmd:<token>:…`` token of the first button of the message this one replies to."""
+    reply = message.get("reply_to_message")
+    markup = reply.get("reply_markup") if isinstance(reply, dict) else None
+    rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+    for row in rows if isinstance(rows, list) else []:
+        for button in row if isinstance(row, list) else []:
+            data = button.get("callback_data") if isinstance(button, dict) else None
+            if isinstance(data, str) and data.startswith("cmd:"):
+                token = data.split(":")[1]
+                return token or None
     return None

@@ -23,6 +23,7 @@ from ccr_box.server.telegram import (
     is_other_poller_conflict,
     is_webhook_conflict,
 )
+from ccr_box.wire import acceptable, positive_int64
 
 log = logging.getLogger("ccr_box.polling")
 
@@ -114,25 +115,39 @@ class Poller:
         return True
 
     async def process_batch(self, updates: list[dict[str, Any]]) -> None:
+        start = self.offset
         for update in updates:
-            update_id = update.get("update_id") if isinstance(update, dict) else None
-            try:
-                await self._pipeline.process(update if isinstance(update, dict) else {})
-            except Exception:
-                if not self._count_failure(update_id):
-                    delay = self._update_backoff.next()
-                    log.exception("update %s failed; retrying in %.1fs", update_id, delay)
-                    await self._sleep(delay)
-                    return  # the next getUpdates starts again at this update
-                log.exception(
-                    "update %s failed %d times in a row; skipping it",
-                    update_id,
-                    MAX_UPDATE_FAILURES,
-                )
+            update_id = (
+                positive_int64(update.get("update_id")) if isinstance(update, dict) else None
+            )
+            if not isinstance(update, dict) or not acceptable(update):
+                # Nested too deep, a lone surrogate, NaN: nothing ccr-box could store or answer.
+                # Skipped (its offset confirmed) so the updates behind it are not held up.
+                log.warning("skipped an unreadable update from Telegram (update_id %s)", update_id)
+            else:
+                try:
+                    await self._pipeline.process(update)
+                except Exception:
+                    if not self._count_failure(update_id):
+                        delay = self._update_backoff.next()
+                        log.exception("update %s failed; retrying in %.1fs", update_id, delay)
+                        await self._sleep(delay)
+                        return  # the next getUpdates starts again at this update
+                    log.exception(
+                        "update %s failed %d times in a row; skipping it",
+                        update_id,
+                        MAX_UPDATE_FAILURES,
+                    )
             self._failures = (None, 0)  # processed or skipped: the next update starts afresh
             self._update_backoff.reset()
-            if isinstance(update_id, int):
+            if update_id is not None:
                 self.offset = update_id + 1
+        if updates and self.offset == start:
+            # No usable update_id in the whole batch: Telegram would serve it again at once.
+            # Back off instead of spinning (Telegram's own ids never do this).
+            delay = self._backoff.next()
+            log.warning("a getUpdates batch had no usable update_id; polling again in %.1fs", delay)
+            await self._sleep(delay)
 
     def _count_failure(self, update_id: Any) -> bool:
         """Record a failure; True when the update has now failed too often and must be skipped."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ccr_box.server import admin, notifications, observe, sessions_api
+from ccr_box.server import admin, notifications, observe, openapi, sessions_api
 from ccr_box.server.auth import require_api_key
 from ccr_box.server.webhook import webhook_handler
 from ccr_box.server.ws import make_ws_handler
@@ -19,12 +19,14 @@ def setup_routes(app: web.Application, *, idle_timeout_s: float) -> None:
     r.add_route("*", "/health", health)
     r.add_get("/ready", observe.ready, allow_head=False)  # open: no secrets, no ids
     r.add_get("/metrics", observe.metrics_handler, allow_head=False)  # key unless metrics_public
+    r.add_get("/openapi.json", openapi.make_handler(), allow_head=False)  # open: no secrets
     r.add_get("/sessions", require_api_key(sessions_api.list_sessions), allow_head=False)
     r.add_post("/sessions/register", require_api_key(sessions_api.register))
     r.add_post("/sessions/unregister", require_api_key(sessions_api.unregister))
     r.add_post("/notifications/send", require_api_key(notifications.send_notification))
     r.add_post("/webhook/telegram", webhook_handler)
-    r.add_post("/webhook/telegram/{suffix:.*}", webhook_handler)
+    # Any suffix, line feeds too (".*" stops at one: 404 instead of the contract's 200 or 401).
+    r.add_post("/webhook/telegram/{suffix:[\\s\\S]*}", webhook_handler)
     r.add_get("/ws", make_ws_handler(idle_timeout_s), allow_head=False)
     r.add_get("/admin/machines", require_api_key(admin.machines), allow_head=False)
     r.add_get("/admin/commands", require_api_key(admin.commands), allow_head=False)

@@ -12,7 +12,7 @@ from aiohttp import web
 from ccr_box.config import Config, api_key_is_token
 from ccr_box.logs import ACCESS_LOGGER, AccessLogger
 from ccr_box.server import keys
-from ccr_box.server.app import Options, make_app
+from ccr_box.server.app import Options, close_connections, make_app
 
 log = logging.getLogger("ccr_box.server")
 
@@ -65,7 +65,7 @@ async def serve(
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     for warning in startup_warnings(config):
@@ -94,6 +94,7 @@ async def serve(
             on_ready(host, port)
         await stop.wait()
         log.info("shutting down")
+        await close_connections(app)  # while aiohttp still reads the agents' close frames
     finally:
         await runner.cleanup()
         for sig in signals:

@@ -23,6 +23,7 @@ import aiohttp
 
 from ccr_box import limits
 from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
+from ccr_box.wire import positive_int64
 
 log = logging.getLogger("ccr_box.telegram")
 
@@ -100,6 +101,7 @@ class TelegramAPI:
         base_url: str = "https://api.telegram.org",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         call_timeout_s: float = limits.TELEGRAM_CALL_TIMEOUT_S,
+        poll_http_timeout_s: float | None = None,
         on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self._session = session
@@ -107,7 +109,11 @@ class TelegramAPI:
         self._token = token or ""
         self._base_url = base_url.rstrip("/")
         self._sleep = sleep
-        self._call_timeout_s = call_timeout_s
+        # Public so fault tests can shorten them on a running server instead of waiting them out.
+        # call_timeout_s: every call but getUpdates (§8.5, 10 s). poll_http_timeout_s: getUpdates;
+        # None = max(45 s, long-poll timeout + 15 s).
+        self.call_timeout_s = call_timeout_s
+        self.poll_http_timeout_s = poll_http_timeout_s
 
     def __repr__(self) -> str:
         return f"TelegramAPI(base_url={self._base_url!r}, enabled={self.enabled})"
@@ -183,7 +189,7 @@ class TelegramAPI:
         """One HTTP round trip → (status, parsed JSON or None when unparsable)."""
         url = f"{self._base_url}/bot{self._token}/{method}"
         timeout = aiohttp.ClientTimeout(
-            total=timeout_s if timeout_s is not None else self._call_timeout_s
+            total=timeout_s if timeout_s is not None else self.call_timeout_s
         )
         failure: str | None = None
         try:
@@ -204,8 +210,10 @@ class TelegramAPI:
             raise TelegramTransientError(method, failure)
         log.debug("Telegram %s -> %s", method, status)
         try:
+            # Plain parsing: an answer is Telegram's, and one odd update inside a getUpdates batch
+            # must not make the whole batch unreadable (the poller checks each update itself).
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         return status, body
 
@@ -254,6 +262,12 @@ class TelegramAPI:
         result = await self.call("sendMessage", payload, wait_budget_s=wait_budget_s)
         return self._expect("sendMessage", result, dict)
 
+    @staticmethod
+    def message_id_of(message: dict[str, Any]) -> int | None:
+        """The id of a sent message; None when Telegram's answer lacks a usable one (the message
+        was still delivered: never re-send it, only its reply mapping is lost)."""
+        return positive_int64(message.get("message_id"))
+
     async def answer_callback_query(
         self,
         callback_query_id: str,
@@ -282,7 +296,9 @@ class TelegramAPI:
         }
         if offset is not None:
             payload["offset"] = offset
-        http_timeout = max(limits.TELEGRAM_POLL_HTTP_TIMEOUT_S, timeout + 15.0)
+        http_timeout = self.poll_http_timeout_s
+        if http_timeout is None:  # always longer than the long poll itself
+            http_timeout = max(limits.TELEGRAM_POLL_HTTP_TIMEOUT_S, timeout + 15.0)
         result = await self.call(
             "getUpdates", payload, timeout_s=http_timeout, wait_budget_s=wait_budget_s
         )

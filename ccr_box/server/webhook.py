@@ -8,7 +8,8 @@ from aiohttp import web
 
 from ccr_box.server import keys
 from ccr_box.server.auth import secret_equals
-from ccr_box.server.http import BadJson, BodyTooLarge, parse_object, read_body, text_response
+from ccr_box.server.http import BodyTooLarge, parse_object, read_body, text_response
+from ccr_box.wire import BadJson
 
 log = logging.getLogger("ccr_box.webhook")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from typing import Any
@@ -14,6 +15,7 @@ from ccr_box.server import keys
 from ccr_box.server.auth import header_key_ok, subprotocol_items, subprotocol_key_ok
 from ccr_box.server.http import json_error, text_response
 from ccr_box.server.hub import AgentConnection
+from ccr_box.wire import clip
 
 log = logging.getLogger("ccr_box.ws")
 
@@ -33,7 +35,7 @@ def make_ws_handler(idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S):
         if not (subprotocol_key_ok(request, api_key) or header_key_ok(request, api_key)):
             return text_response(401, "Unauthorized")
 
-        offered = subprotocol_items(request.headers.get("Sec-WebSocket-Protocol"))
+        offered = subprotocol_items(request)
         ws = web.WebSocketResponse(
             # Echo exactly "ccr" when offered, never the key; nothing when nothing was offered.
             protocols=("ccr",) if "ccr" in offered else (),
@@ -43,7 +45,12 @@ def make_ws_handler(idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S):
             # closes with 1009" in the read loop, the same for both (§4.4).
             max_msg_size=limits.MAX_WS_TRANSPORT_BYTES + 1,
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the agent left during the handshake: nothing to clean up
+            log.info("machine %s left during the WebSocket handshake", machine_id)
+            # A plain response for aiohttp to finish with (it cannot be written either, quietly).
+            return text_response(400, "Connection lost")
         hub = request.app[keys.HUB]
         clock = request.app[keys.CLOCK]
         conn = AgentConnection(machine_id=machine_id, ws=ws, connected_at=clock.now_ms())
@@ -52,11 +59,23 @@ def make_ws_handler(idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S):
         try:
             await hub.attach(conn)
             code, reason, by = await _read_loop(request, conn, idle_timeout_s)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the peer vanished mid-send: an ordinary disconnect
+            code, reason, by = code or WSCloseCode.ABNORMAL_CLOSURE, "connection lost", "network"
+        except Exception as exc:
+            # Our failure, not the agent's (e.g. the presence write on a full disk). After the 101
+            # no HTTP answer may be written: close with 1011 so the agent reconnects later; its
+            # commands stay queued.
+            log.error("connection of %s failed: %s: %s", machine_id, type(exc).__name__, exc)
+            code, reason, by = WSCloseCode.INTERNAL_ERROR, "Internal error", "server"
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError):
+                    await ws.close(code=code, message=b"Internal error")
+        except asyncio.CancelledError:
             code = code or WSCloseCode.ABNORMAL_CLOSURE
             reason, by = reason or "connection lost", "network"
             if not ws.closed:
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutting down")
+                with contextlib.suppress(ConnectionError):
+                    await ws.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutting down")
             raise
         finally:
             if conn.server_close is not None:  # replaced or shut down by the hub
@@ -81,6 +100,8 @@ async def _read_loop(
         if conn.close_requested.is_set():  # replacement or shutdown (hub)
             code, reason = conn.server_close or (WSCloseCode.OK, "")
             await ws.close(code=code, message=reason.encode("utf-8")[:123])
+            # aiohttp records the peer's answering close code, or 1006 when none came in time.
+            conn.close_answered = ws.close_code != WSCloseCode.ABNORMAL_CLOSURE
             return code, reason, "server"
         conn.receiving = True
         try:
@@ -138,7 +159,7 @@ def _over_transport_limit(data: str | bytes) -> bool:
 async def _handle_frame(hub, conn: AgentConnection, payload: str | bytes) -> None:
     frame = protocol.decode(payload)
     if frame is None:
-        log.debug("dropped a malformed frame from %s", conn.machine_id)
+        log.debug("dropped a malformed frame from %s: %s", conn.machine_id, clip(payload))
         return
     if isinstance(frame, protocol.Ping):
         await conn.settle()
@@ -148,4 +169,5 @@ async def _handle_frame(hub, conn: AgentConnection, payload: str | bytes) -> Non
     elif isinstance(frame, protocol.CommandResult):
         conn.spawn(hub.on_result(conn, frame))
     else:
-        log.debug("ignored frame type %r from %s", getattr(frame, "type", frame), conn.machine_id)
+        kind = clip(getattr(frame, "type", frame))
+        log.debug("ignored frame type %s from %s", kind, conn.machine_id)

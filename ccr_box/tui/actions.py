@@ -11,7 +11,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable, TabbedContent
 
-from ccr_box.admin_cli import _plain
+from ccr_box.client.present import plain
 from ccr_box.tui import widgets as w
 
 STATES = ("pending", "sent", "acked", "dead")
@@ -53,7 +53,7 @@ class ConsoleActions:
             self.notify("Select a dead command on the Commands tab (3).", severity="warning")
             return
         cid = str(row["command_id"])
-        self.act(lambda: self.client.retry(cid), f"Command {_plain(cid)} queued again.")
+        self.act(lambda: self.client.retry(cid), f"Command {plain(cid)} queued again.")
 
     def action_reassign(self) -> None:
         row = self.selected("commands")
@@ -70,10 +70,10 @@ class ConsoleActions:
 
         def chosen(session_id: str | None) -> None:
             if session_id:
-                done = f"Command {_plain(cid)} moved to session {_plain(session_id)}."
+                done = f"Command {plain(cid)} moved to session {plain(session_id)}."
                 self.act(lambda: self.client.reassign(cid, session_id), done)
 
-        title = Text(f"Move command {_plain(cid)} to session:")
+        title = Text(f"Move command {plain(cid)} to session:")
         self.push_screen(w.PickScreen(title, choices), chosen)
 
     def action_unregister(self) -> None:
@@ -85,9 +85,9 @@ class ConsoleActions:
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.act(lambda: self.client.unregister(sid), f"Session {_plain(sid)} removed.")
+                self.act(lambda: self.client.unregister(sid), f"Session {plain(sid)} removed.")
 
-        question = Text(f"Remove session {_plain(sid)} ({_plain(row.get('label'))})?")
+        question = Text(f"Remove session {plain(sid)} ({plain(row.get('label'))})?")
         self.push_screen(w.ConfirmScreen(question), confirmed)
 
     def action_send(self) -> None:
@@ -99,10 +99,10 @@ class ConsoleActions:
 
         def submitted(text: str | None) -> None:
             if text and text.strip():
-                done = f"Command queued for session {_plain(sid)}."
+                done = f"Command queued for session {plain(sid)}."
                 self.act(lambda: self.client.send_command(sid, text), done)
 
-        title = Text(f"Send a command to session {_plain(sid)}:")
+        title = Text(f"Send a command to session {plain(sid)}:")
         self.push_screen(
             w.InputScreen(title, placeholder="text to type into Claude Code"), submitted
         )

@@ -5,7 +5,10 @@ follows ``/admin/events/stream`` (resuming after the last seen ``seq``) and mark
 per event. Without the stream (an older
 server, or the connection is lost) the refresher polls every ``poll_interval`` seconds, backing
 off while the server is unreachable. Results reach the UI as typed messages; tables are updated
-in place (rows keyed by id, the cursor follows its row).
+in place (rows keyed by id, the cursor follows its row). A third worker, ``watcher``, reads
+``/admin/status`` every ``poll_interval`` seconds for the header's Telegram line (its state is not
+an event). An empty table says what to do next; ``notice`` (``ccr-box up``'s first-run message) is
+shown under the header.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Log, Static, TabbedContent, TabPane
 
-from ccr_box.admin_cli import _plain
+from ccr_box.client.admin import AdminClient
+from ccr_box.client.errors import ClientError, EndpointMissing, ServerRefused, ServerUnavailable
+from ccr_box.client.http import display_url
+from ccr_box.client.present import plain
 from ccr_box.tui import widgets as w
 from ccr_box.tui.actions import ConsoleActions
-from ccr_box.tui.client import AdminError, AdminUnavailable, display_url
-from ccr_box.tui.live import ConsoleClient, EndpointMissing
 
 TABLES = ("machines", "sessions", "commands")
 REFRESH_KINDS = {
@@ -41,6 +45,12 @@ class Loaded(Message):
     def __init__(self, table: str, rows: list[dict[str, Any]]) -> None:
         super().__init__()
         self.table, self.rows = table, rows
+
+
+class StatusLoaded(Message):
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__()
+        self.status = status
 
 
 class LinkChanged(Message):
@@ -89,7 +99,10 @@ def operator_alert(kind: str, data: dict[str, Any]) -> tuple[str, str] | None:
 class ConsoleApp(ConsoleActions, App[None]):
     TITLE = "ccr-box console"
     CSS = """
-    #top { height: 1; background: $primary-background; padding: 0 1; }
+    #top, #telegram { height: 1; background: $primary-background; padding: 0 1; }
+    #notice { height: auto; background: $panel; color: $warning; padding: 0 1; }
+    .empty { height: auto; padding: 1 1 0 1; color: $text-muted; display: none; }
+    .empty.shown { display: block; }
     #banner { height: 1; background: $error; color: $text; padding: 0 1; display: none; }
     #banner.shown { display: block; }
     #tabs { height: 1fr; }
@@ -108,10 +121,19 @@ class ConsoleApp(ConsoleActions, App[None]):
     ]
 
     def __init__(
-        self, url: str, api_key: str, *, poll_interval: float = 2.0, max_backoff: float = 30.0
+        self,
+        url: str,
+        api_key: str,
+        *,
+        poll_interval: float = 2.0,
+        max_backoff: float = 30.0,
+        notice: str | None = None,
     ) -> None:
         super().__init__()
-        self.client = ConsoleClient(url, api_key)
+        self.client = AdminClient(url, api_key)
+        self.notice = notice
+        self.server_status: dict[str, Any] | None = None  # the last GET /admin/status
+        self.loaded: set[str] = set()  # tables read at least once
         self.poll_interval, self.max_backoff = poll_interval, max_backoff
         self.rows: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in TABLES}
         self.status_filter: str | None = None
@@ -128,13 +150,19 @@ class ConsoleApp(ConsoleActions, App[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="top")
+        yield Static(id="telegram")
+        if self.notice:
+            yield Static(Text(self.notice), id="notice")
         yield Static(id="banner")
         with TabbedContent(id="tabs"):
-            for name, title in (("machines", "Machines"), ("sessions", "Sessions")):
+            for name, title in (
+                ("machines", "Machines"),
+                ("sessions", "Sessions"),
+                ("commands", "Commands"),
+            ):
                 with TabPane(title, id=f"{name}-tab"):
+                    yield Static(id=f"{name}-empty", classes="empty")
                     yield DataTable(id=name, cursor_type="row", zebra_stripes=True)
-            with TabPane("Commands", id="commands-tab"):
-                yield DataTable(id="commands", cursor_type="row", zebra_stripes=True)
             with TabPane("Events", id="events-tab"):
                 yield Log(id="events", max_lines=2000)
         yield Footer()
@@ -151,8 +179,14 @@ class ConsoleApp(ConsoleActions, App[None]):
         self._show_state()
         self.refresher()
         self.streamer()
+        self.watcher()
 
     async def on_unmount(self) -> None:
+        # Stop the workers before closing their HTTP session: one still fetching would find it
+        # closed (an agent's disconnect event often wakes the refresher just as the app exits).
+        # Worker.wait() raises WorkerCancelled for a cancelled worker: gather them all anyway.
+        stopping = self.workers.cancel_node(self)
+        await asyncio.gather(*(worker.wait() for worker in stopping), return_exceptions=True)
         await self.client.close()
 
     def table(self, name: str) -> DataTable:
@@ -182,14 +216,14 @@ class ConsoleApp(ConsoleActions, App[None]):
                     self.post_message(Loaded(name, await self._fetch(name)))
                 failures = 0
                 self.post_message(LinkChanged(True))
-            except AdminUnavailable as exc:
+            except ServerUnavailable as exc:
                 failures += 1
                 self._dirty |= dirty
                 self.post_message(LinkChanged(False, f"connection lost — reconnecting ({exc})"))
-            except AdminError as exc:
+            except ServerRefused as exc:
                 failures += 1
                 self._dirty |= dirty
-                self.post_message(LinkChanged(False, f"server refused: {exc.message}"))
+                self.post_message(LinkChanged(False, f"server refused: {exc.error}"))
             if self.live and not failures:
                 delay = 30.0  # ages in the tables still move
             else:
@@ -215,7 +249,7 @@ class ConsoleApp(ConsoleActions, App[None]):
             except EndpointMissing:
                 missing = True
                 text = f"live events not available on this server — refreshing every {self.poll_interval:g} s"
-            except (AdminUnavailable, AdminError):
+            except ClientError:
                 text = "connection lost — reconnecting"
             self.live = False
             self.post_message(StreamChanged(False, text))
@@ -223,14 +257,26 @@ class ConsoleApp(ConsoleActions, App[None]):
             await asyncio.sleep(60.0 if missing else delay)
             delay = min(delay * 2, self.max_backoff)
 
+    @work(group="status", exclusive=True)
+    async def watcher(self) -> None:
+        """``/admin/status`` for the Telegram line; failures are the refresher's to report."""
+        failures = 0
+        while True:
+            try:
+                self.post_message(StatusLoaded(await self.client.status()))
+                failures = 0
+            except ClientError:
+                failures += 1
+            await asyncio.sleep(min(self.poll_interval * 2 ** min(failures, 6), self.max_backoff))
+
     @work(group="actions")
     async def act(self, call: Callable[[], Awaitable[Any]], done: str) -> None:
         try:
             await call()
         except EndpointMissing:
             self.post_message(ActionDone(False, "not available on this server"))
-        except (AdminError, AdminUnavailable) as exc:
-            self.post_message(ActionDone(False, getattr(exc, "message", None) or str(exc)))
+        except ClientError as exc:
+            self.post_message(ActionDone(False, str(exc)))
         else:
             self.post_message(ActionDone(True, done))
         self.mark(TABLES)
@@ -241,6 +287,7 @@ class ConsoleApp(ConsoleActions, App[None]):
         name = message.table
         key_of = {"machines": "machineId", "sessions": "session_id", "commands": "command_id"}[name]
         self.rows[name] = {str(r.get(key_of)): r for r in message.rows}
+        self.loaded.add(name)
         try:
             self._render_table(name)
             if name == "machines":
@@ -259,6 +306,20 @@ class ConsoleApp(ConsoleActions, App[None]):
         else:
             built = [w.command_row(r, now) for r in rows]
         update_in_place(self.table(name), built)
+        self._show_hint(name)
+
+    def _show_hint(self, name: str) -> None:
+        """The next step above an empty table (once it has been read: not while connecting)."""
+        hint = self.query_one(f"#{name}-empty", Static)
+        empty = name in self.loaded and not self.rows[name]
+        if empty:
+            off = w.telegram_off(self.server_status)
+            hint.update(Text(w.empty_hint(name, self.status_filter, off)))
+        hint.set_class(empty, "shown")
+
+    def on_status_loaded(self, message: StatusLoaded) -> None:
+        self.server_status = message.status
+        self._show_state()
 
     def on_link_changed(self, message: LinkChanged) -> None:
         self.link_ok, self.link_text = message.ok, message.text
@@ -278,7 +339,7 @@ class ConsoleApp(ConsoleActions, App[None]):
         self.events.append(frame)
         kind = str(frame.get("kind", ""))
         data = frame.get("data")
-        line = f"#{seq} {kind} {_plain(data if data is not None else '')}"
+        line = f"#{seq} {kind} {plain(data if data is not None else '')}"
         for log in self.query("#events").results(Log):
             log.write_line(line)
         alert = operator_alert(kind, data if isinstance(data, dict) else {})
@@ -310,6 +371,9 @@ class ConsoleApp(ConsoleActions, App[None]):
         if self.status_filter:
             top.append(f"  filter: {self.status_filter}")
         self.query_one("#top", Static).update(top)
+        self.query_one("#telegram", Static).update(w.telegram_line(self.server_status))
+        for name in TABLES:
+            self._show_hint(name)  # the filter or the Telegram state may change the words
         banner = self.query_one("#banner", Static)
         text = self.link_text if self.link_ok is False else ("" if self.live else self.stream_text)
         banner.update(Text(text))

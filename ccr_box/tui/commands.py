@@ -19,9 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ccr_box.admin_cli import _target
+    from ccr_box.client.admin import admin_target
 
-    url, api_key = _target(args)
+    url, api_key = admin_target(args.config, args.url)
     from ccr_box.tui.app import ConsoleApp
 
     ConsoleApp(url, api_key).run()

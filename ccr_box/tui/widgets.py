@@ -16,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ccr_box.admin_cli import _plain, _shorten, age
+from ccr_box.client.present import age, plain, shorten
 
 Cells = list[Text]
 
@@ -47,7 +47,7 @@ COMMAND_COLUMNS = (
 
 
 def cell(value: Any, style: str = "") -> Text:
-    return Text(_plain(value), style=style)
+    return Text(plain(value), style=style)
 
 
 def machine_row(m: dict[str, Any], now: int) -> tuple[str, Cells]:
@@ -90,14 +90,79 @@ def command_row(c: dict[str, Any], now: int) -> tuple[str, Cells]:
         cell(age(c.get("created_at"), now), style),
         cell(c.get("machine_id"), style),
         cell(c.get("session_id"), style),
-        cell(_shorten(c.get("command"), 40), style),
-        cell(_shorten(outcome(c), 50), style),
+        cell(shorten(c.get("command"), 40), style),
+        cell(shorten(outcome(c), 50), style),
     ]
 
 
+# -- the header's Telegram line and the empty tables' next steps ----------------------------------
+
+EMPTY_MACHINES = "No machines yet. On each machine: `ccr-box init --agent`, then `ccr-box agent`"
+EMPTY_SESSIONS = (
+    "No sessions yet: start Claude Code in tmux on a connected machine "
+    "(hooks: `ccr-box hooks install`)"
+)
+EMPTY_COMMANDS = "No commands: reply to a notification in Telegram, or press s to send one"
+EMPTY_COMMANDS_NO_TELEGRAM = (
+    "No commands: select a session on the Sessions tab (2) and press s to send one"
+)
+
+
+def empty_hint(table: str, status_filter: str | None = None, telegram_off: bool = False) -> str:
+    """What to do next when ``table`` has no rows."""
+    if table == "machines":
+        return EMPTY_MACHINES
+    if table == "sessions":
+        return EMPTY_SESSIONS
+    if status_filter:
+        return f"No {status_filter} commands. Press / to change the filter (empty = all)."
+    return EMPTY_COMMANDS_NO_TELEGRAM if telegram_off else EMPTY_COMMANDS
+
+
+def telegram_off(status: dict[str, Any] | None) -> bool:
+    tg = status.get("telegram") if isinstance(status, dict) else None
+    return isinstance(tg, dict) and tg.get("state") == "off"
+
+
+def telegram_line(status: dict[str, Any] | None) -> Text:
+    """``Telegram: polling ok · 1 allowed chat`` from ``GET /admin/status`` (None: not yet read).
+
+    ``off``, ``polling ok`` / ``polling starting…``, ``webhook``, or the server's last error in
+    plain words; then the allowed-chat count (absent on servers that do not report it).
+    """
+    line = Text("Telegram: ", style="bold")
+    tg = status.get("telegram") if isinstance(status, dict) else None
+    if not isinstance(tg, dict):
+        line.append("checking…", "yellow")
+        return line
+    state, mode, error = tg.get("state"), tg.get("mode"), tg.get("lastError")
+    if state == "off":
+        line.append("off", "yellow")
+        line.append(" (no bot token: console only; `ccr-box init` adds a bot)")
+    elif state in ("error", "conflict"):
+        line.append(plain(error) if error else f"{plain(state)}", "bold red")
+    elif mode == "webhook":
+        line.append("webhook", "green" if state == "ok" else "")
+        if state != "ok":
+            line.append(" (bot not checked yet)")
+    elif state == "ok":
+        line.append("polling ok", "green")
+    else:
+        line.append(f"{plain(mode)} starting…", "yellow")
+    chats = tg.get("allowedChats")
+    if isinstance(chats, int) and not isinstance(chats, bool):
+        if chats == 0:
+            line.append(" · no allowed chat", "yellow")
+            if state != "off":
+                line.append(" (set telegram.allowed_chat_ids)")
+        else:
+            line.append(f" · {chats} allowed chat{'s' if chats != 1 else ''}")
+    return line
+
+
 def session_choice(s: dict[str, Any]) -> Text:
-    label = _plain(s.get("label")) or "(no label)"
-    return Text(f"{label} — {_plain(s.get('session_id'))} @ {_plain(s.get('machine_id'))}")
+    label = plain(s.get("label")) or "(no label)"
+    return Text(f"{label} — {plain(s.get('session_id'))} @ {plain(s.get('machine_id'))}")
 
 
 def details_text(row: dict[str, Any]) -> Text:

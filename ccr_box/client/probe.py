@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+
+from ccr_box.client.http import NETWORK_ERRORS, HttpClient
+
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -35,25 +39,21 @@ async def probe_server(
     url: str, api_key: str, *, details: bool = False, timeout_s: float = PROBE_TIMEOUT_S
 ) -> ServerProbe:
     """Probe ``url``; with ``details`` also read ``/ready`` and ``/admin/machines``."""
-    import aiohttp
-
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    auth = {"Authorization": f"Bearer {api_key}"}
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with HttpClient(url, api_key, timeout=timeout) as client:
         try:
-            async with session.get(f"{url}/health") as resp:
-                health = (resp.status, (await resp.text()).strip())
+            answer = await client.send("GET", "/health", auth=False)
+            health = (answer.status, answer.text.strip())
             if health != (200, "ok"):
                 return ServerProbe(url, health=health)
-            async with session.get(f"{url}/sessions", headers=auth) as resp:
-                key_status = resp.status
+            key_status = (await client.send("GET", "/sessions")).status
             if not details:
                 return ServerProbe(url, health=health, key_status=key_status)
-            ready = await _json(session, f"{url}/ready", {})
+            ready = (await client.send("GET", "/ready", auth=False)).json()
             machines = (
-                await _json(session, f"{url}/admin/machines", auth) if key_status == 200 else None
+                (await client.send("GET", "/admin/machines")).json() if key_status == 200 else None
             )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except NETWORK_ERRORS as exc:
             return ServerProbe(url, unreachable=reason(exc, timeout_s))
     return ServerProbe(
         url,
@@ -62,14 +62,6 @@ async def probe_server(
         ready=ready if isinstance(ready, dict) else None,
         machines=machines if isinstance(machines, list) else None,
     )
-
-
-async def _json(session: Any, url: str, headers: dict[str, str]) -> Any:
-    async with session.get(url, headers=headers) as resp:
-        try:
-            return await resp.json(content_type=None)
-        except ValueError:
-            return None
 
 
 def reason(exc: BaseException, timeout_s: float = PROBE_TIMEOUT_S) -> str:
@@ -82,10 +74,3 @@ def reason(exc: BaseException, timeout_s: float = PROBE_TIMEOUT_S) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
-
-
-def local_url(host: str, port: int) -> str:
-    """How this machine reaches a server listening on ``host:port``."""
-    if host in ("0.0.0.0", "::", "", "localhost"):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

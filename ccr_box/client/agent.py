@@ -1,31 +1,24 @@
-"""The agent's HTTP client for the server's session and notification routes (contract §2.3, §8)."""
+"""The agent's and the hooks' calls to the server's session and notification routes (§2.3, §8).
+
+Every failure is a :class:`ServerUnavailable` (keep the work, try later) or a
+:class:`ServerRefused` (4xx: retrying will not help); messages name the route, never the key.
+The caller owns the session and picks the timeout: the hooks pass strict ones, since Claude Code
+waits for them.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 
-from ccr_box.errors import CcrBoxError
+from ccr_box.client.errors import ServerRefused, ServerUnavailable
+from ccr_box.client.http import NETWORK_ERRORS, HttpClient, raise_for_status
+
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=3)
 
 
-class ServerUnavailable(CcrBoxError):
-    """The server could not be reached, timed out or answered 5xx: try again later."""
-
-    retryable = True
-
-
-class ServerRefused(CcrBoxError):
-    """The server answered 4xx. ``status`` and the contract's ``error`` text are kept."""
-
-    def __init__(self, status: int, error: str) -> None:
-        self.status = status
-        self.error = error
-        super().__init__(f"server answered {status}: {error}")
-
-
-class ServerAPI:
+class ServerAPI(HttpClient):
     """Bearer-authenticated calls to a ccr-box (or CCR Worker) server."""
 
     def __init__(
@@ -36,33 +29,18 @@ class ServerAPI:
         *,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
-        self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._session = session
-        self._timeout = timeout or aiohttp.ClientTimeout(total=10, connect=3)
+        super().__init__(base_url, api_key, session, timeout=timeout or DEFAULT_TIMEOUT)
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
-            async with self._session.post(
-                self._base + path,
-                data=json.dumps(body),
-                headers={**self._headers, "Content-Type": "application/json"},
-                timeout=self._timeout,
-            ) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            answer = await self.send("POST", path, body=body)
+        except NETWORK_ERRORS as exc:
             raise ServerUnavailable(f"{path}: {type(exc).__name__}") from None
-        try:
-            data = json.loads(text) if text else {}
-        except ValueError:
-            data = {}
-        if status >= 500:
-            raise ServerUnavailable(f"{path}: HTTP {status}")
-        if status >= 400:
-            error = data.get("error") if isinstance(data, dict) else None
-            raise ServerRefused(status, error if isinstance(error, str) else text[:200])
-        return data
+        raise_for_status(
+            answer, fallback=answer.text[:200], unavailable=f"{path}: HTTP {answer.status}"
+        )
+        data = answer.json()
+        return {} if data is None else data
 
     async def register(self, session_id: str, machine_id: str, label: str | None) -> None:
         body = {"sessionId": session_id, "machineId": machine_id, "label": label}

@@ -1,0 +1,119 @@
+"""Run the proof suites and publish their figures (docs/RELIABILITY.md).
+
+    .venv/bin/python scripts/reliability.py            # the CI-sized run, table on stdout
+    .venv/bin/python scripts/reliability.py --soak     # the long soak (CCR_BOX_SOAK=1)
+    .venv/bin/python scripts/reliability.py --write    # also replace the table in the document
+
+Each suite records what it tried and what it found through ``tests/figures.py`` once its own
+assertions passed; this script sums those lines per suite. A failing suite publishes nothing and
+makes this script exit non-zero, so the document only ever shows figures from green runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "RELIABILITY.md"
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+SUITES = [
+    "tests/test_bad_input.py",
+    "tests/test_chaos_server.py",
+    "tests/test_chaos_agents.py",
+    "tests/test_chaos_net.py",
+    "tests/test_chaos_telegram.py",
+    "tests/test_chaos_disk.py",
+    "tests/test_fuzz_pipeline.py",
+    "tests/test_fuzz_ws.py",
+    "tests/test_security.py",
+    "tests/test_security_limits.py",
+    "tests/test_openapi.py",
+]
+# Figures that are identities, not amounts: shown as found, never summed.
+NOT_SUMMED = {"seed", "at", "soak", "suite"}
+
+
+def run(soak: bool, pytest_args: list[str]) -> tuple[int, list[dict[str, Any]], float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "figures.jsonl"
+        env = {**os.environ, "CCR_BOX_FIGURES": str(figures)}
+        if soak:
+            env["CCR_BOX_SOAK"] = "1"
+        suites = [s for s in SUITES if (ROOT / s).exists()]
+        started = time.monotonic()
+        code = subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites, *pytest_args],
+            cwd=ROOT,
+            env=env,
+        )
+        elapsed = time.monotonic() - started
+        lines = figures.read_text().splitlines() if figures.exists() else []
+    return code, [json.loads(line) for line in lines], elapsed
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = defaultdict(dict)
+    for record in records:
+        row = totals[record["suite"]]
+        row["runs"] = row.get("runs", 0) + 1
+        for key, value in record.items():
+            if key in NOT_SUMMED:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                row[key] = value
+            else:
+                row[key] = row.get(key, 0) + value
+    return dict(sorted(totals.items()))
+
+
+def table(totals: dict[str, dict[str, Any]], soak: bool, elapsed: float) -> str:
+    out = [
+        f"Last run: {time.strftime('%Y-%m-%d')}, {'soak' if soak else 'CI-sized'} mode, "
+        f"{elapsed:.0f} s on {os.cpu_count()} cores "
+        f"(`.venv/bin/python scripts/reliability.py{' --soak' if soak else ''}`).",
+        "",
+        "| suite | figures |",
+        "|---|---|",
+    ]
+    for suite, row in totals.items():
+        figures = ", ".join(f"{key} {value}" for key, value in row.items())
+        out.append(f"| {suite} | {figures} |")
+    return "\n".join(out)
+
+
+def write(doc: Path, text: str) -> None:
+    body = doc.read_text()
+    head, _, rest = body.partition(START)
+    _, _, tail = rest.partition(END)
+    doc.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--soak", action="store_true", help="the long soak mode (CCR_BOX_SOAK=1)")
+    parser.add_argument("--write", action="store_true", help=f"update the table in {DOC.name}")
+    parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
+    args = parser.parse_args()
+    code, records, elapsed = run(args.soak, args.pytest_args)
+    text = table(summarise(records), args.soak, elapsed)
+    print(text)
+    if code != 0:
+        print(f"\npytest exited {code}: figures not published", file=sys.stderr)
+        return code
+    if args.write:
+        write(DOC, text)
+        print(f"\nwrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
