@@ -11,7 +11,9 @@ person running ccr-box and never contain secrets (API key, bot token, webhook se
     ├── TelegramError          a Bot API call failed
     │   ├── TelegramPermanentError   Telegram refused (4xx other than 429); retrying will not help
     │   └── TelegramTransientError   network error, timeout, 5xx or a too-long 429; retry later
-    └── InjectionError         the agent could not type a command into its target
+    ├── InjectionError         the agent could not type a command into its target
+    └── ClientError            a call to a ccr-box server failed (the clients' tree, documented
+                               in ccr_box/client/errors.py: ServerUnavailable, ServerRefused)
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def scale() -> Scale:
     if soak():
         return Scale(updates=20_000, kills_per_agent=30, actions_per_wire_agent=150, timeout=3600.0)
     # Below the server's 60 s re-send interval: a reply only a re-send would deliver fails.
-    return Scale(updates=600, kills_per_agent=5, actions_per_wire_agent=8, timeout=45.0)
+    return Scale(updates=600, kills_per_agent=5, actions_per_wire_agent=8, timeout=55.0)
 
 
 class RealAgent:

@@ -27,7 +27,7 @@ import pytest
 from ccr_box.server import keys, texts
 from ccr_box.server.polling import Poller
 from ccr_box.server.state import TelegramStatus
-from ccr_box.server.telegram import TelegramAPI
+from ccr_box.telegram import TelegramAPI
 from ccr_box.textutil import split_message
 from tests.conftest import CHAT, Harness
 from tests.fake_telegram import FakeTelegram

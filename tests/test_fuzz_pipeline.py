@@ -308,7 +308,7 @@ def test_fuzzed_webhook_updates(tmp_path: Path, caplog: pytest.LogCaptureFixture
         server_errors=server_errors,
         commands_from_denied_chats=denied,
         commands=world.fuzz_commands,
-        duplicates=world.duplicates,
+        redelivered_updates=world.duplicates,  # re-sent update_ids: each processed once
     )
 
 

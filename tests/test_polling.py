@@ -16,7 +16,7 @@ import pytest
 from ccr_box.server import keys
 from ccr_box.server.app import Options
 from ccr_box.server.polling import Poller
-from ccr_box.server.telegram import TelegramAPI
+from ccr_box.telegram import TelegramAPI
 from tests.conftest import CHAT, Harness
 from tests.fake_telegram import FakeTelegram
 from tests.helpers_pipeline import (

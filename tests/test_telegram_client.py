@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
-from ccr_box.server.telegram import (
+from ccr_box.telegram import (
     TelegramAPI,
     TelegramRateLimitedError,
     _scrub,

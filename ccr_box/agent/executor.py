@@ -88,11 +88,6 @@ class Executor:
             log.warning("command %s failed: %s", row["command_id"], error)
         await self._on_result({**row, "status": status, "error": error})
 
-    async def idle(self) -> None:
-        """Wait until every queued command has finished (tests, shutdown)."""
-        while self._queues:
-            await asyncio.gather(*(q.join() for q in list(self._queues.values())))
-
     async def close(self) -> None:
         for task in self._workers.values():
             task.cancel()

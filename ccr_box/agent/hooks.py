@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -214,7 +213,3 @@ async def _quietly(call: Any, what: str) -> None:
 def _cwd(payload: dict[str, Any]) -> str | None:
     cwd = payload.get("cwd")
     return cwd if isinstance(cwd, str) and cwd else None
-
-
-def hook_log_path(config: AgentConfig) -> str:
-    return os.path.join(str(config.data_dir), "hooks.log")

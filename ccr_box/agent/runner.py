@@ -74,7 +74,6 @@ class Agent:
         self._backoff = Backoff(1.0, settings.reconnect_cap_s, rand=rand)
         self.executor = Executor(store, injector, self._result_ready)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._http: aiohttp.ClientSession | None = None
         self._relay: Relay | None = None
         self.boot_id: str | None = None
         self.connected = asyncio.Event()  # set while a connection is open (tests, status)
@@ -91,7 +90,6 @@ class Agent:
     async def run(self) -> None:
         """Replay the inbox, then stay connected until cancelled."""
         async with aiohttp.ClientSession() as http:
-            self._http = http
             api = ServerAPI(self.settings.server_url, self.settings.api_key, http)
             self._relay = Relay(api, self._store, self.settings.machine_id)
             try:

@@ -104,11 +104,6 @@ def list_rows(
         return [dict(r) for r in cur.fetchall()]
 
 
-def count_pending(conn: sqlite3.Connection) -> int:
-    with closing(conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")) as cur:
-        return int((cur.fetchone())[0])
-
-
 def delete_finished(conn: sqlite3.Connection, now: int) -> int:
     cur = conn.execute(
         "DELETE FROM outbox WHERE (status = 'sent' AND sent_at < ?)"

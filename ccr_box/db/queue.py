@@ -9,7 +9,6 @@ from typing import Any
 
 from ccr_box import limits
 
-ACTIVE = ("pending", "sent")
 STATUSES = ("pending", "sent", "acked", "dead")
 
 

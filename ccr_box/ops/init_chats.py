@@ -109,7 +109,7 @@ class UpdateReader:
 
     def _conflict(self, exc: TelegramPermanentError) -> None:
         from ccr_box.ops.telegram_words import explain
-        from ccr_box.server.telegram import is_other_poller_conflict, is_webhook_conflict
+        from ccr_box.telegram import is_other_poller_conflict, is_webhook_conflict
 
         if is_other_poller_conflict(exc):
             raise CcrBoxError(

@@ -179,7 +179,7 @@ def _choose_mode(run: InitRun, bot: Bot, values: dict[tuple[str, str], Any]) -> 
 
 
 def _register_webhook(run: InitRun, bot: Bot, values: dict[tuple[str, str], Any]) -> str:
-    from ccr_box.server.telegram import ALLOWED_UPDATES
+    from ccr_box.telegram import ALLOWED_UPDATES
 
     tg = run.current.telegram
     secret, path_secret = tg.webhook_secret, tg.webhook_path_secret

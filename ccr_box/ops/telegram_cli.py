@@ -175,7 +175,7 @@ def _https_problem(url: str) -> str | None:
 
 async def _webhook_set(api: Any, tg: Any, args: argparse.Namespace) -> int:
     from ccr_box.ops.webhook_state import full_webhook_url, masked_url
-    from ccr_box.server.telegram import ALLOWED_UPDATES
+    from ccr_box.telegram import ALLOWED_UPDATES
 
     problem = _https_problem(args.url)
     if problem:

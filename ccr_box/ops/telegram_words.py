@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
-from ccr_box.server.telegram import (
+from ccr_box.telegram import (
     TelegramRateLimitedError,
     is_other_poller_conflict,
     is_webhook_conflict,
@@ -76,10 +76,10 @@ def _detail(exc: TelegramError) -> str:
 
 @contextlib.asynccontextmanager
 async def bot_api(token: str, api_base: str) -> AsyncIterator:
-    """A :class:`~ccr_box.server.telegram.TelegramAPI` on its own HTTP session, for CLI commands."""
+    """A :class:`~ccr_box.telegram.TelegramAPI` on its own HTTP session, for CLI commands."""
     import aiohttp
 
-    from ccr_box.server.telegram import TelegramAPI
+    from ccr_box.telegram import TelegramAPI
 
     async with aiohttp.ClientSession() as session:
         yield TelegramAPI(session, token, base_url=api_base)

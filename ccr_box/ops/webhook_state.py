@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ccr_box.config import TelegramConfig
-from ccr_box.server.telegram import ALLOWED_UPDATES
+from ccr_box.telegram import ALLOWED_UPDATES
 
 WEBHOOK_ROUTE = "/webhook/telegram"
 RECENT_ERROR_S = 24 * 3600  # a delivery error older than this is history, not a problem

@@ -29,7 +29,6 @@ from ccr_box.server.polling import Poller, learn_identity
 from ccr_box.server.reload import WATCH_INTERVAL_S, ConfigReloader
 from ccr_box.server.routes import setup_routes
 from ccr_box.server.state import ConfigRef, ServerState, TelegramStatus
-from ccr_box.server.telegram import TelegramAPI
 from ccr_box.server.throttle import (
     DEFAULT_POLICY,
     THROTTLE,
@@ -37,6 +36,7 @@ from ccr_box.server.throttle import (
     ThrottlePolicy,
     auth_throttle,
 )
+from ccr_box.telegram import TelegramAPI
 
 log = logging.getLogger("ccr_box.server")
 

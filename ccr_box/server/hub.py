@@ -45,7 +45,6 @@ class AgentConnection:
     connected_at: int
     conn_id: int = field(default_factory=lambda: next(_ids))
     opened_monotonic: float = field(default_factory=time.monotonic)
-    last_frame_at: int | None = None
     # (code, reason) when the server itself closed it (replacement, shutdown): what detach records.
     server_close: tuple[int, str] | None = None
     # The hub asks the connection's own handler to close it (so the close handshake completes:
@@ -277,7 +276,8 @@ class Hub:
     async def on_ack(self, conn: AgentConnection, command_id: str) -> None:
         now = self._clock.now_ms()
         machine_id = conn.machine_id
-        live = self.is_connected(machine_id)  # decided here: jobs run on the database thread
+        # Decided now: the job runs later, in the writer's next batch, and only sees the database.
+        live = self.is_connected(machine_id)
 
         def job(db: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
             before = q.acknowledge(db, command_id, machine_id, now)

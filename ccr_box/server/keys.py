@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ccr_box.server.polling import Poller
     from ccr_box.server.reload import ConfigReloader
     from ccr_box.server.state import ConfigRef, ServerState
-    from ccr_box.server.telegram import TelegramAPI
+    from ccr_box.telegram import TelegramAPI
 
 CONFIG: web.AppKey[ConfigRef] = web.AppKey("config")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock", Clock)

@@ -20,7 +20,7 @@ from ccr_box.protocol import chat_id_text
 from ccr_box.server import keys
 from ccr_box.server.events import preview
 from ccr_box.server.http import is_nonempty_str, json_error, json_response, read_json_object
-from ccr_box.server.telegram import TelegramRateLimitedError
+from ccr_box.telegram import TelegramRateLimitedError
 from ccr_box.textutil import Chunk, split_message
 
 log = logging.getLogger("ccr_box.notifications")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ccr_box.errors import TelegramError, TelegramTransientError
 from ccr_box.server.state import ConfigRef
-from ccr_box.server.telegram import TelegramAPI
+from ccr_box.telegram import TelegramAPI
 from ccr_box.textutil import split_message
 
 log = logging.getLogger("ccr_box.notifier")

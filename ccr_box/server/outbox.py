@@ -13,7 +13,7 @@ from ccr_box.db import outbox as outbox_db
 from ccr_box.db import sessions as sessions_db
 from ccr_box.errors import TelegramPermanentError, TelegramTransientError
 from ccr_box.server.state import ConfigRef
-from ccr_box.server.telegram import TelegramAPI, TelegramRateLimitedError
+from ccr_box.telegram import TelegramAPI, TelegramRateLimitedError
 
 log = logging.getLogger("ccr_box.outbox")
 

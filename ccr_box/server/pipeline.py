@@ -97,7 +97,8 @@ class Pipeline:
         """Handle one update. Raises only for internal errors (the update was rolled back)."""
         ctx = _context(update)
         now = self._clock.now_ms()
-        # The job runs on the database thread: it gets a snapshot of presence, not the hub.
+        # The job runs later, in the writer's next batch, and only sees the database: it gets a
+        # snapshot of presence taken now, not the hub.
         ctx.online = frozenset(self._hub.connected())
 
         def job(db: sqlite3.Connection) -> Outcome:

@@ -17,7 +17,7 @@ from ccr_box.clock import Clock
 from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
 from ccr_box.server.pipeline import Pipeline
 from ccr_box.server.state import ConfigRef, TelegramStatus
-from ccr_box.server.telegram import (
+from ccr_box.telegram import (
     TelegramAPI,
     TelegramRateLimitedError,
     is_other_poller_conflict,

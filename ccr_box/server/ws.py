@@ -94,7 +94,6 @@ async def _read_loop(
     """Read frames until the connection ends; return (close code, reason, who closed)."""
     ws = conn.ws
     hub = request.app[keys.HUB]
-    clock = request.app[keys.CLOCK]
     conn.reader = asyncio.current_task()
     while True:
         if conn.close_requested.is_set():  # replacement or shutdown (hub)
@@ -120,17 +119,16 @@ async def _read_loop(
             raise
         finally:
             conn.receiving = False
-        outcome = await _on_message(hub, clock, conn, msg)
+        outcome = await _on_message(hub, conn, msg)
         if outcome is not None:
             return outcome
 
 
 async def _on_message(
-    hub: Any, clock: Any, conn: AgentConnection, msg: WSMessage
+    hub: Any, conn: AgentConnection, msg: WSMessage
 ) -> tuple[int | None, str, str] | None:
     """Handle one received message; return (code, reason, who) when the connection ended."""
     ws = conn.ws
-    conn.last_frame_at = clock.now_ms()
     if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and _over_transport_limit(msg.data):
         await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"Message too big")
         return WSCloseCode.MESSAGE_TOO_BIG, "Message too big", "server"
