@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ccr_box.server import keys
-from ccr_box.server.throttle import THROTTLE
+from ccr_box.server.keys import THROTTLE
 from tests import figures
 from tests.conftest import API_KEY, CHAT, PATH_SECRET, WEBHOOK_SECRET
 from tests.helpers_http import config_with

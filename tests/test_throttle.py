@@ -14,7 +14,8 @@ import pytest
 
 from ccr_box import limits
 from ccr_box.clock import ManualClock
-from ccr_box.server.throttle import THROTTLE, AuthThrottle, ThrottlePolicy, address_key
+from ccr_box.server.keys import THROTTLE
+from ccr_box.server.throttle import AuthThrottle, ThrottlePolicy, address_key
 from tests.conftest import API_KEY, WEBHOOK_SECRET, Harness
 from tests.helpers_security import raw_request, server_address
 

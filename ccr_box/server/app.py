@@ -31,7 +31,6 @@ from ccr_box.server.routes import setup_routes
 from ccr_box.server.state import ConfigRef, ServerState, TelegramStatus
 from ccr_box.server.throttle import (
     DEFAULT_POLICY,
-    THROTTLE,
     AuthThrottle,
     ThrottlePolicy,
     auth_throttle,
@@ -71,7 +70,7 @@ def make_app(
     app[keys.CLOCK] = clock
     app[keys.OPTIONS] = options
     policy = options.auth_throttle
-    app[THROTTLE] = AuthThrottle(clock, policy) if policy is not None else None
+    app[keys.THROTTLE] = AuthThrottle(clock, policy) if policy is not None else None
     mode = config.telegram.mode if config.telegram.bot_token else "off"
     app[keys.STATE] = ServerState(
         started_at=clock.now_ms(),

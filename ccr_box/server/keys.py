@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ccr_box.server.polling import Poller
     from ccr_box.server.reload import ConfigReloader
     from ccr_box.server.state import ConfigRef, ServerState
+    from ccr_box.server.throttle import AuthThrottle
     from ccr_box.telegram import TelegramAPI
 
 CONFIG: web.AppKey[ConfigRef] = web.AppKey("config")
@@ -43,3 +44,4 @@ POLLER: web.AppKey[Poller | None] = web.AppKey("poller")
 EVENTS: web.AppKey[EventBus] = web.AppKey("events")
 RELOADER: web.AppKey[ConfigReloader | None] = web.AppKey("reloader")
 METRICS: web.AppKey[ServerMetrics] = web.AppKey("metrics")
+THROTTLE: web.AppKey[AuthThrottle | None] = web.AppKey("auth_throttle")  # None: off (tests)

@@ -103,7 +103,6 @@ class AuthThrottle:
         self.clock = clock
         self.policy = policy or ThrottlePolicy()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self.blocked_requests = 0  # answered 429 so far
         self.failures_seen = 0  # 401s observed so far
 
     def __len__(self) -> int:
@@ -170,19 +169,17 @@ def _exempt(request: web.Request) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Set by make_app; None turns throttling off (Options.auth_throttle=None, tests only).
-THROTTLE: web.AppKey[AuthThrottle | None] = web.AppKey("auth_throttle")
 
 
 @web.middleware
 async def auth_throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer 429 for a blocked address; count every 401 the application answers."""
-    throttle = request.app.get(THROTTLE)
+    throttle = request.app.get(keys.THROTTLE)
     address = address_key(request.remote)
     if throttle is None or address is None or _exempt(request):
         return await handler(request)
     wait_ms = throttle.retry_after_ms(address)
     if wait_ms:
-        throttle.blocked_requests += 1
         refused = json_error(429, TOO_MANY)
         refused.headers["Retry-After"] = str(max(math.ceil(wait_ms / 1000), 1))
         return refused
