@@ -21,7 +21,7 @@ COMMANDS = ("machines", "sessions", "commands", "retry", "reassign", "unregister
 STATUSES = ("pending", "sent", "acked", "dead")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     url = argparse.ArgumentParser(add_help=False)
     url.add_argument(
         "--url",

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ccr_box import __version__
@@ -80,7 +81,7 @@ _COMMAND_MODULES = (
 )
 
 
-def _command_modules() -> list:
+def _command_modules() -> list[ModuleType]:
     import importlib
 
     return [importlib.import_module(name) for name in _COMMAND_MODULES]
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config(args, parser)
         for module in _command_modules():
             if args.command in module.COMMANDS:
-                return module.run(args)
+                code: int = module.run(args)
+                return code
     except ConfigError as exc:
         print(f"ccr-box: config error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -29,6 +29,12 @@ from ccr_box.errors import ConfigError
 
 APP_NAME = "ccr-box"
 REDACTED = "<redacted>"
+
+
+T = TypeVar("T")
+
+# (raw value from the TOML file or the environment, came from env) -> typed value, or _Invalid.
+Converter = Callable[[Any, bool], T]
 
 
 class _Invalid(Exception):
@@ -62,36 +68,37 @@ def _text(
     *,
     secret: bool = False,
     required: bool = False,
-) -> Callable:
+) -> Converter[str]:
     """A string; stripped unless secret; ``check`` (non-empty values) returns a problem or None."""
 
     def convert(value: Any, from_env: bool) -> str:
         if not isinstance(value, str):
             raise _Invalid(f"must be a string, got {_kind(value)}")
-        if not secret:
-            value = value.strip()
-        if required and not value:
+        text = value if secret else value.strip()
+        if required and not text:
             raise _Invalid("must not be empty")
-        problem = check(value) if check and value else None
+        problem = check(text) if check and text else None
         if problem:
-            raise _Invalid(problem if secret else f"{problem}, got {value!r}")
-        return value
+            raise _Invalid(problem if secret else f"{problem}, got {text!r}")
+        return text
 
     return convert
 
 
-def _integer(low: int, high: int | None = None) -> Callable:
+def _integer(low: int, high: int | None = None) -> Converter[int]:
     def convert(value: Any, from_env: bool) -> int:
         if from_env:
             if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
                 raise _Invalid(f"must be an integer, got {value!r}")
-            value = int(value)
+            number = int(value)
         elif isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(f"must be an integer, got {_kind(value)}")
-        if value < low or (high is not None and value > high):
+        else:
+            number = value
+        if number < low or (high is not None and number > high):
             limits = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise _Invalid(f"must be {limits}, got {value}")
-        return value
+            raise _Invalid(f"must be {limits}, got {number}")
+        return number
 
     return convert
 
@@ -107,7 +114,7 @@ def _boolean(value: Any, from_env: bool) -> bool:
     return word in _TRUE
 
 
-def _choice(*options: str) -> Callable:
+def _choice(*options: str) -> Converter[str]:
     listed = (
         " or ".join(map(repr, options))
         if len(options) == 2
@@ -135,7 +142,7 @@ def _url_problem(value: str) -> str | None:
     return None
 
 
-def _url(*, required: bool) -> Callable:
+def _url(*, required: bool) -> Converter[str]:
     check = _text(_url_problem, required=required)
     return lambda value, from_env: check(value, from_env).rstrip("/")
 
@@ -236,7 +243,7 @@ _MACHINE = _text(
 )
 
 # (section, key) -> (environment variable, converter); every dataclass field has exactly one entry.
-_RULES: dict[tuple[str, str], tuple[str, Callable[[Any, bool], Any]]] = {
+_RULES: dict[tuple[str, str], tuple[str, Converter[object]]] = {
     ("server", "host"): ("CCR_BOX_HOST", _text(required=True)),
     ("server", "port"): ("CCR_BOX_PORT", _integer(0, 65535)),
     ("server", "data_dir"): ("CCR_BOX_DATA_DIR", _path),

@@ -47,7 +47,7 @@ def send_backoff_ms(previous_attempts: int) -> int:
     """Delay before re-sending after a failed send (§6.4): 1 s doubling, capped at 300 s."""
     if previous_attempts >= 9:
         return SEND_BACKOFF_CAP_MS
-    return min(SEND_BACKOFF_BASE_MS * (2 ** max(previous_attempts, 0)), SEND_BACKOFF_CAP_MS)
+    return min(SEND_BACKOFF_BASE_MS << max(previous_attempts, 0), SEND_BACKOFF_CAP_MS)
 
 
 # Authentication failure throttle (ccr_box/server/throttle.py; ccr-box improvement)

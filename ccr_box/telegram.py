@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -24,6 +24,8 @@ import aiohttp
 from ccr_box import limits
 from ccr_box.errors import TelegramError, TelegramPermanentError, TelegramTransientError
 from ccr_box.wire import positive_int64
+
+K = TypeVar("K")  # the kind of result a method answers with (dict, list)
 
 log = logging.getLogger("ccr_box.telegram")
 
@@ -233,7 +235,7 @@ class TelegramAPI:
         return body["result"]
 
     @staticmethod
-    def _expect(method: str, result: Any, kind: type) -> Any:
+    def _expect(method: str, result: object, kind: type[K]) -> K:
         if not isinstance(result, kind):
             raise TelegramPermanentError(
                 method, 200, {"ok": True, "result": result, "description": "unexpected result type"}

@@ -22,8 +22,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from ccr_box.clock import ManualClock
 from ccr_box.config import Config
 from ccr_box.server.app import Options, make_app
 from tests.conftest import API_KEY, CHAT, Harness
+from tests.helpers_wait import until
 
 RECORDER = r"""
 import json, os, sys, time
@@ -63,32 +63,6 @@ if "fail:" in text:
     sys.exit(3)
 record("end")
 """
-
-
-async def poll(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Bounded poll of an observable effect; returns the predicate's first truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
-
-
-async def apoll(
-    predicate: Callable[[], Awaitable[Any]], timeout: float = 5.0, what: str = "condition"
-) -> Any:
-    """``poll`` for an async predicate (e.g. a database read)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 class Recorder:
@@ -129,10 +103,10 @@ class Recorder:
                 (e for e in self.events() if e["ev"] == "begin" and e["text"] == text), None
             )
 
-        return await poll(found, timeout, f"injection of {text!r} started")
+        return await until(found, f"injection of {text!r} started", timeout=timeout)
 
     async def wait_typed(self, text: str, timeout: float = 5.0) -> None:
-        await poll(lambda: text in self.typed(), timeout, f"{text!r} typed")
+        await until(lambda: text in self.typed(), f"{text!r} typed", timeout=timeout)
 
     def kill_leftovers(self) -> None:
         """Inject commands orphaned by a SIGKILLed agent (they run in their own session)."""
@@ -334,7 +308,7 @@ async def wait_row(
         row = (await rows_by_text(harness)).get(text)
         return row if row is not None and predicate(row) else None
 
-    return await apoll(check, timeout, f"server row {text!r}")
+    return await until(check, f"server row {text!r}", timeout=timeout)
 
 
 # --- a fake server: the server's role on /ws, frame by frame ------------------------------------
@@ -510,7 +484,7 @@ class TmuxPane:
         pane.id = await asyncio.to_thread(
             pane.tmux, "display-message", "-p", "-t", "t", "#{pane_id}"
         )
-        await poll(lambda: Path(str(pane.out) + ".ready").exists(), what="pane ready")
+        await until(lambda: Path(str(pane.out) + ".ready").exists(), "pane ready")
         return pane
 
     def kill(self) -> None:

@@ -62,12 +62,6 @@ async def tick(h: Harness) -> None:
     await h.app[keys.MAINTENANCE].tick()
 
 
-async def row(h: Harness, command_id: str) -> dict[str, Any]:
-    rows = [r for r in await h.commands() if r["command_id"] == command_id]
-    assert len(rows) == 1, rows
-    return rows[0]
-
-
 async def only_row(h: Harness) -> dict[str, Any]:
     rows = await h.commands()
     assert len(rows) == 1, rows

@@ -169,12 +169,6 @@ async def enqueue(
     return ids
 
 
-async def row(harness: Harness, command_id: str) -> dict[str, Any]:
-    found = await harness.db.read(lambda db: q.get(db, command_id))
-    assert found is not None
-    return found
-
-
 async def machine_history(harness: Harness, machine_id: str) -> dict[str, Any] | None:
     rows = await harness.db.read(updates_db.list_machines)
     return next((r for r in rows if r["machine_id"] == machine_id), None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -14,7 +13,9 @@ from ccr_box import limits
 from ccr_box.db import queue as q
 from ccr_box.server import keys
 from tests.conftest import CHAT, Harness
+from tests.helpers_db import command_row
 from tests.helpers_http import expect_error, expect_json
+from tests.helpers_wait import until
 
 COLUMNS = {
     "command_id",
@@ -49,12 +50,6 @@ async def enqueue(
     await server.db.write(lambda c: q.enqueue(c, cmd, now))
 
 
-async def row(server: Harness, command_id: str) -> dict[str, Any]:
-    found = await server.db.read(lambda c: q.get(c, command_id))
-    assert found is not None
-    return found
-
-
 async def get(server: Harness, path: str, status: int = 200) -> Any:
     return await expect_json(await server.client.get(path, headers=server.auth()), status)
 
@@ -76,14 +71,7 @@ async def make_dead(server: Harness, command_id: str, machine_id: str, **kw: Any
     await enqueue(server, command_id, machine_id, **kw)
     server.clock.advance(limits.COMMAND_EXPIRY_MS)
     await server.app[keys.MAINTENANCE].tick()
-    assert (await row(server, command_id))["status"] == "dead"
-
-
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    """Re-check an async condition until it holds (server-side teardown has no event to wait on)."""
-    async with asyncio.timeout(timeout):
-        while not await predicate():  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(0.005)
+    assert (await command_row(server, command_id))["status"] == "dead"
 
 
 # -- GET /admin/status -------------------------------------------------------------------------
@@ -168,7 +156,7 @@ async def test_machines_presence_and_counts(server: Harness) -> None:
         rows = await get(server, "/admin/machines")
         return rows[0]["lastDisconnectedAt"] is not None
 
-    await eventually(disconnected)
+    await until(disconnected, "the machine's disconnection to be recorded")
     machines = await get(server, "/admin/machines")
     assert machines[0] == {
         "machineId": "devbox",
@@ -200,7 +188,7 @@ async def test_commands_newest_first_with_default_and_max_limit(server: Harness)
     assert len(rows) == 100
     assert [r["command_id"] for r in rows] == [f"c{i:03d}" for i in range(509, 409, -1)]
     assert set(rows[0]) == COLUMNS
-    assert rows[0] == await row(server, "c509")
+    assert rows[0] == await command_row(server, "c509")
 
     assert len(await get(server, "/admin/commands?limit=500")) == 500
     assert len(await get(server, "/admin/commands?limit=")) == 100
@@ -278,25 +266,25 @@ async def test_retry_refuses_live_commands(server: Harness) -> None:
     await ws.send_str(json.dumps({"type": "ping"}))
     assert await receive_json(ws) == {"type": "pong"}
     for command_id, status in [("pend", "pending"), ("acked", "acked"), ("sent", "sent")]:
-        before = await row(server, command_id)
+        before = await command_row(server, command_id)
         assert before["status"] == status
         resp = await post(server, f"/admin/commands/{command_id}/retry")
         await expect_error(resp, 409, "Command is not dead")
-        assert await row(server, command_id) == before
+        assert await command_row(server, command_id) == before
     await ws.close()
 
 
 async def test_retry_revives_a_dead_command(server: Harness) -> None:
     await server.register("s1", "laptop", "L")
     await make_dead(server, "c1", "laptop", command="run tests")
-    dead = await row(server, "c1")
+    dead = await command_row(server, "c1")
     assert (dead["dead_reason"], dead["dead_at"]) == ("expired", server.clock.now_ms())
 
     server.clock.advance(7000)
     now = server.clock.now_ms()
     resp = await post(server, "/admin/commands/c1/retry")
     assert await expect_json(resp, 200) == {"ok": True}
-    revived = await row(server, "c1")
+    revived = await command_row(server, "c1")
     assert revived == {
         **dead,
         "status": "pending",
@@ -334,7 +322,7 @@ async def test_retry_flushes_at_once_to_a_connected_machine(server: Harness) -> 
     await ws.close()
     server.clock.advance(limits.COMMAND_EXPIRY_MS)
     await server.app[keys.MAINTENANCE].tick()
-    dead = await row(server, "c1")
+    dead = await command_row(server, "c1")
     assert (dead["status"], dead["attempts"]) == ("dead", 1)
 
     ws = await connect(server, "devbox")
@@ -342,7 +330,7 @@ async def test_retry_flushes_at_once_to_a_connected_machine(server: Harness) -> 
     assert await expect_json(resp, 200) == {"ok": True}
     frame = await receive_json(ws)
     assert frame["commandId"] == "c1"
-    after = await row(server, "c1")
+    after = await command_row(server, "c1")
     assert (after["status"], after["attempts"]) == ("sent", 1)
     await ws.close()
 
@@ -370,7 +358,7 @@ async def test_reassign_errors(server: Harness) -> None:
     await expect_error(await post(server, path, [1]), 400, "Invalid JSON body")
     await expect_error(await post(server, path, {}), 400, "sessionId required")
     await expect_error(await post(server, path, {"sessionId": 5}), 400, "sessionId required")
-    assert (await row(server, "pend"))["machine_id"] == "offline"
+    assert (await command_row(server, "pend"))["machine_id"] == "offline"
 
     # sent and acked rows cannot be reassigned.
     await enqueue(server, "acked", "devbox")
@@ -381,10 +369,10 @@ async def test_reassign_errors(server: Harness) -> None:
     await ws.send_str(json.dumps({"type": "ping"}))
     assert await receive_json(ws) == {"type": "pong"}
     for command_id in ("acked", "sent"):
-        before = await row(server, command_id)
+        before = await command_row(server, command_id)
         resp = await post(server, f"/admin/commands/{command_id}/reassign", {"sessionId": "s2"})
         await expect_error(resp, 409, "Command is not pending or dead")
-        assert await row(server, command_id) == before
+        assert await command_row(server, command_id) == before
     await ws.close()
 
 
@@ -392,12 +380,12 @@ async def test_reassign_pending_moves_it_to_the_sessions_machine(server: Harness
     await server.register("s1", "old-box")
     await server.register("s2", "new-box")
     await enqueue(server, "c1", "old-box", command="make test")
-    before = await row(server, "c1")
+    before = await command_row(server, "c1")
     server.clock.advance(3000)
     now = server.clock.now_ms()
     resp = await post(server, "/admin/commands/c1/reassign", {"sessionId": "s2", "extra": 1})
     assert await expect_json(resp, 200) == {"ok": True}
-    assert await row(server, "c1") == {
+    assert await command_row(server, "c1") == {
         **before,
         "session_id": "s2",
         "machine_id": "new-box",
@@ -426,7 +414,7 @@ async def test_reassign_dead_flushes_to_a_connected_machine(server: Harness) -> 
     assert await expect_json(resp, 200) == {"ok": True}
     frame = await receive_json(ws)
     assert (frame["commandId"], frame["sessionId"]) == ("c1", "s2")
-    after = await row(server, "c1")
+    after = await command_row(server, "c1")
     assert (after["status"], after["machine_id"], after["dead_reason"]) == ("sent", "devbox", None)
     machines = {m["machineId"]: m for m in await get(server, "/admin/machines")}
     # gone-box has no rows left and never connected: it is not listed any more.

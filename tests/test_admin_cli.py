@@ -24,6 +24,7 @@ from ccr_box.config import AgentConfig, Config, ServerConfig
 from ccr_box.db import queue as q
 from ccr_box.server import keys
 from tests.conftest import API_KEY, CHAT, Harness
+from tests.helpers_db import command_row
 from tests.helpers_proc import OWN_PREFIXES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,17 +71,12 @@ async def enqueue(server: Harness, command_id: str, machine_id: str, session_id:
     await server.db.write(lambda c: q.enqueue(c, cmd, now))
 
 
-async def row(server: Harness, command_id: str) -> dict[str, Any] | None:
-    return await server.db.read(lambda c: q.get(c, command_id))
-
-
 async def make_dead(server: Harness, command_id: str, machine_id: str, session_id: str) -> None:
     """A command that expired undelivered, moved to ``dead`` by the maintenance loop."""
     await enqueue(server, command_id, machine_id, session_id)
     server.clock.advance(limits.COMMAND_EXPIRY_MS)
     await server.app[keys.MAINTENANCE].tick()
-    found = await row(server, command_id)
-    assert found is not None and found["status"] == "dead"
+    assert (await command_row(server, command_id))["status"] == "dead"
 
 
 def closed_port() -> int:
@@ -134,8 +130,7 @@ async def test_retry_turns_a_dead_command_pending(server: Harness, cli) -> None:
     await make_dead(server, "c-dead", "box-a", "s1")
     code, out, err = await cli("retry", "c-dead", "--url", base(server))
     assert (code, out, err) == (0, "Command c-dead queued again.\n", "")
-    revived = await row(server, "c-dead")
-    assert revived is not None
+    revived = await command_row(server, "c-dead")
     assert (revived["status"], revived["attempts"], revived["dead_reason"]) == ("pending", 0, None)
 
 
@@ -151,8 +146,7 @@ async def test_retry_refusals_print_the_server_error(server: Harness, cli) -> No
         "",
         "ccr-box: Command not found\n",
     )
-    pending = await row(server, "c-1")
-    assert pending is not None and pending["status"] == "pending"
+    assert (await command_row(server, "c-1"))["status"] == "pending"
 
 
 async def test_reassign_moves_the_command(server: Harness, cli) -> None:
@@ -161,8 +155,7 @@ async def test_reassign_moves_the_command(server: Harness, cli) -> None:
     await enqueue(server, "c-1", "box-a", "s1")
     code, out, err = await cli("reassign", "c-1", "--session", "s2", "--url", base(server))
     assert (code, out, err) == (0, "Command c-1 moved to session s2.\n", "")
-    moved = await row(server, "c-1")
-    assert moved is not None
+    moved = await command_row(server, "c-1")
     assert (moved["session_id"], moved["machine_id"], moved["status"]) == (
         "s2",
         "box-b",

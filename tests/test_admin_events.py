@@ -17,6 +17,7 @@ from ccr_box.db import queue as q
 from ccr_box.server import events as ev
 from ccr_box.server import keys
 from tests.conftest import API_KEY, CHAT, Harness
+from tests.helpers_db import command_row
 from tests.helpers_http import expect_error, expect_json
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -67,13 +68,7 @@ async def kill(server: Harness, *command_ids: str) -> None:
     )
     await server.app[keys.MAINTENANCE].tick()
     for command_id in command_ids:
-        assert (await row(server, command_id))["status"] == "dead"
-
-
-async def row(server: Harness, command_id: str) -> dict[str, Any]:
-    found = await server.db.read(lambda c: q.get(c, command_id))
-    assert found is not None
-    return found
+        assert (await command_row(server, command_id))["status"] == "dead"
 
 
 async def post(server: Harness, path: str, body: Any = None, status: int = 200) -> Any:
@@ -305,7 +300,7 @@ async def test_console_send_reaches_a_connected_agent(server: Harness) -> None:
         "command": "run the tests",
         "chatId": "console",
     }
-    stored = await row(server, body["commandId"])
+    stored = await command_row(server, body["commandId"])
     assert (stored["chat_id"], stored["status"], stored["machine_id"]) == ("console", "sent", "m1")
     kinds = [
         (e["kind"], e["data"].get("source"))
@@ -336,7 +331,7 @@ async def test_console_send_offline_and_errors(server: Harness) -> None:
     await server.register("s1", "m1", "api")
     body = await post(server, "/admin/sessions/s1/commands", {"text": ""})  # "Continue"
     assert body["queued"] is True
-    assert (await row(server, body["commandId"]))["status"] == "pending"
+    assert (await command_row(server, body["commandId"]))["status"] == "pending"
     await expect_error(
         await server.post("/admin/sessions/nope/commands", {"text": "x"}), 404, "Session not found"
     )
@@ -380,8 +375,8 @@ async def test_retry_dead_revives_the_machines_dead_rows(server: Harness) -> Non
     assert (await frame(ws))["commandId"] == "c"
     assert await post(server, "/admin/machines/m1/retry-dead") == {"ok": True, "retried": 2}
     assert [(await frame(ws))["commandId"] for _ in range(2)] == ["a", "b"]
-    assert (await row(server, "a"))["status"] == "sent"
-    assert (await row(server, "other"))["status"] == "dead"
+    assert (await command_row(server, "a"))["status"] == "sent"
+    assert (await command_row(server, "other"))["status"] == "dead"
     assert await post(server, "/admin/machines/m1/retry-dead") == {"ok": True, "retried": 0}
     assert await post(server, "/admin/machines/ghost/retry-dead") == {"ok": True, "retried": 0}
     actions = await events_of(server, {"action.retry_dead"})
@@ -411,12 +406,12 @@ async def test_move_session_takes_pending_and_dead_rows_along(server: Harness) -
     }
     assert (await frame(ws))["commandId"] == "p1"  # flushed to the new machine at once
     assert [
-        (r["machine_id"], r["status"]) for r in [await row(server, i) for i in ("p1", "d1")]
+        (r["machine_id"], r["status"]) for r in [await command_row(server, i) for i in ("p1", "d1")]
     ] == [
         ("new", "sent"),
         ("new", "dead"),
     ]
-    assert (await row(server, "x1"))["machine_id"] == "old"
+    assert (await command_row(server, "x1"))["machine_id"] == "old"
     sessions = await expect_json(await server.client.get("/sessions", headers=server.auth()), 200)
     assert {s["session_id"]: s["machine_id"] for s in sessions} == {"s1": "new", "s2": "old"}
     # Repeating it is harmless.

@@ -25,9 +25,7 @@ from tests.fake_telegram import FakeTelegram
 from tests.helpers_agent import (
     Recorder,
     ServerRunner,
-    apoll,
     bind,
-    poll,
     read_inbox,
     registered,
     reply,
@@ -35,6 +33,7 @@ from tests.helpers_agent import (
     wait_row,
 )
 from tests.helpers_proc import Proc, clean_env, run_ccr_box
+from tests.helpers_wait import until
 
 MACHINE = "crash-agent"
 FAILED_INTERRUPTED = "Command failed: interrupted by agent restart (not re-run)"
@@ -94,7 +93,7 @@ async def test_sigkill_while_typing_and_before_typing(
     bind(agent_dir, "s1", label="proj")
     env = agent_env(tmp_path, server.url(""), agent_dir, recorder)
     agent = await start_agent(procs, env)
-    await apoll(lambda: registered(server, "s1", MACHINE), what="registered")
+    await until(lambda: registered(server, "s1", MACHINE), "registered")
     sent = await server.notify("s1", "stopped")
     await reply(server, sent["messageId"], "wait:g1 half typed")
     await recorder.wait_begun("wait:g1 half typed")
@@ -124,7 +123,7 @@ async def test_sigkill_while_typing_and_before_typing(
     assert recorder.typed() == ["acked then killed 1", "acked then killed 2"]
     assert "was being typed when the agent stopped; not re-run" in agent.stderr
     assert "Traceback" not in agent.stderr
-    await poll(
+    await until(
         lambda: (
             texts_by_status(agent_dir)
             == {
@@ -133,7 +132,7 @@ async def test_sigkill_while_typing_and_before_typing(
                 "acked then killed 2": "done",
             }
         ),
-        what="inbox final states",
+        "inbox final states",
     )
     assert fake.messages_to(CHAT).count(FAILED_INTERRUPTED) == 1
     assert fake.messages_to(CHAT).count(notice) == 1
@@ -160,7 +159,7 @@ async def test_sigkill_after_done_before_the_result_was_sent(
     env = agent_env(tmp_path, restartable.url, agent_dir, recorder)
     agent = await start_agent(procs, env)
     for sid in ("s1", "s2"):
-        await apoll(lambda sid=sid: registered(server, sid, MACHINE), what=f"{sid} registered")
+        await until(lambda sid=sid: registered(server, sid, MACHINE), f"{sid} registered")
     ok_note = await server.notify("s1", "one stopped")
     fail_note = await server.notify("s2", "two stopped")
     await reply(server, ok_note["messageId"], "wait:c1 finishes offline")
@@ -174,12 +173,12 @@ async def test_sigkill_after_done_before_the_result_was_sent(
     recorder.open_gate("c1")
     recorder.open_gate("c2")
     await recorder.wait_typed("wait:c1 finishes offline")
-    await poll(
+    await until(
         lambda: (
             texts_by_status(agent_dir)
             == {"wait:c1 finishes offline": "done", "wait:c2 fail: fails offline": "failed"}
         ),
-        what="done and failed while disconnected",
+        "done and failed while disconnected",
     )
     assert [r["result_sent"] for r in read_inbox(agent_dir).values()] == [0, 0]
     await sigkill(agent, recorder)
@@ -197,7 +196,10 @@ async def test_sigkill_after_done_before_the_result_was_sent(
     await fake.wait_for(
         lambda: f"Command failed: {failed['result_error']}" in fake.messages_to(CHAT)
     )
-    await poll(lambda: all(r["result_sent"] == 1 for r in read_inbox(agent_dir).values()))
+    await until(
+        lambda: all(r["result_sent"] == 1 for r in read_inbox(agent_dir).values()),
+        "every result marked sent",
+    )
     assert sorted(recorder.begun()) == ["wait:c1 finishes offline", "wait:c2 fail: fails offline"]
     assert recorder.typed() == ["wait:c1 finishes offline"]
     assert FAILED_INTERRUPTED not in fake.messages_to(CHAT)
@@ -211,7 +213,7 @@ async def test_sigkill_at_various_points_of_a_stream_nothing_twice_nothing_lost(
     env = agent_env(tmp_path, server.url(""), agent_dir, recorder)
     agent = await start_agent(procs, env)
     for sid in ("s1", "s2"):
-        await apoll(lambda sid=sid: registered(server, sid, MACHINE), what=f"{sid} registered")
+        await until(lambda sid=sid: registered(server, sid, MACHINE), f"{sid} registered")
     notes = {sid: (await server.notify(sid, f"{sid} stopped"))["messageId"] for sid in ("s1", "s2")}
 
     sent: list[str] = []
@@ -227,7 +229,7 @@ async def test_sigkill_at_various_points_of_a_stream_nothing_twice_nothing_lost(
             mine = [r for t, r in rows.items() if t.startswith(f"burst{burst} ")]
             return sum(r["status"] == "acked" for r in mine) >= n
 
-        await apoll(acked, what=f"{acks_before_kill} acks")
+        await until(acked, f"{acks_before_kill} acks")
         await sigkill(agent, recorder)
         agent = await start_agent(procs, env)
 
@@ -235,7 +237,7 @@ async def test_sigkill_at_various_points_of_a_stream_nothing_twice_nothing_lost(
         rows = await rows_by_text(server)
         return rows if all(r["result"] is not None for r in rows.values()) else None
 
-    rows = await apoll(all_reported, timeout=10, what="every command has a result")
+    rows = await until(all_reported, "every command has a result", timeout=10)
     assert sorted(rows) == sorted(sent)
     begun = recorder.begun()
     typed = recorder.typed()
@@ -297,5 +299,5 @@ async def test_default_machine_id_is_derived_from_the_host_name(
     assert "CCR_MACHINE_ID" not in env
     agent = await start_agent(procs, env)
     expected = default_machine_id()
-    await poll(lambda: expected in server.hub.connected(), what="connected under the host name")
+    await until(lambda: expected in server.hub.connected(), "connected under the host name")
     assert f"as {expected}" in await agent.wait_line("connected to ")

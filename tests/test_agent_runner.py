@@ -32,16 +32,15 @@ from tests.helpers_agent import (
     ServerRunner,
     Sleeper,
     TmuxPane,
-    apoll,
     bind,
     command_frame,
     fake_server,
-    poll,
     read_inbox,
     registered,
     reply,
     wait_row,
 )
+from tests.helpers_wait import until
 
 MACHINE = "box-1"
 
@@ -73,7 +72,7 @@ async def connected_with_session(
         bind(agent_dir, sid, pane=f"%{i + 1}", label=f"proj-{sid}")
     run = await agents.start(server.url(""), injector, data_dir=agent_dir, **kw)
     for sid in sessions:
-        await apoll(lambda sid=sid: registered(server, sid, MACHINE), what=f"{sid} registered")
+        await until(lambda sid=sid: registered(server, sid, MACHINE), f"{sid} registered")
     return run
 
 
@@ -90,7 +89,7 @@ async def test_reply_travels_from_telegram_to_the_tmux_pane(
         bind(agent_dir, "sess-1", pane=pane.id, socket_path=pane.socket, label="api")
         injector = TmuxInjector(enter_delay_ms=100, clear_delay_ms=10)
         run = await agents.start(server.url(""), injector, data_dir=agent_dir)
-        await apoll(lambda: registered(server, "sess-1", MACHINE), what="re-registered on open")
+        await until(lambda: registered(server, "sess-1", MACHINE), "re-registered on open")
         resp = await server.client.get("/sessions", headers=server.auth())
         assert [(r["session_id"], r["machine_id"], r["label"]) for r in await resp.json()] == [
             ("sess-1", MACHINE, "api")
@@ -98,13 +97,13 @@ async def test_reply_travels_from_telegram_to_the_tmux_pane(
 
         sent = await server.notify("sess-1", "Claude stopped. Continue?")
         await reply(server, sent["messageId"], "run the tests, then commit")
-        await poll(lambda: pane.lines() == ["run the tests, then commit"], what="typed in pane")
+        await until(lambda: pane.lines() == ["run the tests, then commit"], "typed in pane")
 
         row = await wait_row(server, "run the tests, then commit", lambda r: r["result"] == "ok")
         assert row["status"] == "acked" and row["acked_at"] is not None
         assert row["result_error"] is None and row["session_id"] == "sess-1"
         # Marked sent once the server's pong confirmed it processed the result.
-        await poll(lambda: run.inbox()[row["command_id"]]["result_sent"] == 1, what="confirmed")
+        await until(lambda: run.inbox()[row["command_id"]]["result_sent"] == 1, "confirmed")
         inbox = run.inbox()[row["command_id"]]
         assert (inbox["status"], inbox["error"]) == ("done", None)
         assert (inbox["session_id"], inbox["chat_id"], inbox["kind"]) == ("sess-1", CHAT, "command")
@@ -166,8 +165,9 @@ async def test_duplicate_command_frame_is_acked_again_and_never_executed_again(
         assert [f for f in frames if f["type"] == "ack"] == [
             {"type": "ack", "commandId": cid}
         ] * 3 + [{"type": "ack", "commandId": "d" * 32}]
-        inbox = await poll(
-            lambda: all(r["result_sent"] for r in run.inbox().values()) and run.inbox()
+        inbox = await until(
+            lambda: all(r["result_sent"] for r in run.inbox().values()) and run.inbox(),
+            "every result marked sent",
         )
         assert sorted(inbox) == [cid, "d" * 32]
         assert inbox[cid]["status"] == "done"
@@ -329,7 +329,7 @@ async def test_injection_failure_is_reported_with_its_error(
     assert (row["result"], row["result_error"]) == ("failed", error)
     fake = server.fake
     await fake.wait_for(lambda: f"Command failed: {error}" in fake.messages_to(CHAT))
-    await poll(lambda: run.inbox()[row["command_id"]]["result_sent"] == 1, what="confirmed")
+    await until(lambda: run.inbox()[row["command_id"]]["result_sent"] == 1, "confirmed")
     inbox = run.inbox()[row["command_id"]]
     assert (inbox["status"], inbox["error"]) == ("failed", error)
     # The session keeps working after a failure.
@@ -418,14 +418,17 @@ async def test_result_produced_while_disconnected_is_sent_after_reconnect(
     assert "disconnected: code=1001 reason='Server shutting down'" in caplog.text
     recorder.open_gate("g1")
     await recorder.wait_typed("wait:g1 slow typing")
-    inbox = await poll(lambda: run.inbox()[row["command_id"]]["status"] == "done" and run.inbox())
+    inbox = await until(
+        lambda: run.inbox()[row["command_id"]]["status"] == "done" and run.inbox(),
+        "the command done in the inbox",
+    )
     assert inbox[row["command_id"]]["result_sent"] == 0  # kept for the next connection
 
     server = await restartable.start()
     await sleeper.allow(1)
     row = await wait_row(server, "wait:g1 slow typing", lambda r: r["result"] is not None)
     assert (row["status"], row["result"], row["result_error"]) == ("acked", "ok", None)
-    await poll(lambda: run.inbox()[row["command_id"]]["result_sent"] == 1, what="marked sent")
+    await until(lambda: run.inbox()[row["command_id"]]["result_sent"] == 1, "marked sent")
     assert recorder.begun() == ["wait:g1 slow typing"]
 
 
@@ -443,7 +446,7 @@ async def test_server_restart_new_boot_id_logged_and_queued_commands_arrive(
     run = await connected_with_session(
         server, agents, recorder.injector(), agent_dir, "s1", sleeper=sleeper
     )
-    await poll(lambda: run.agent.boot_id == first_boot, what="first boot seen")
+    await until(lambda: run.agent.boot_id == first_boot, "first boot seen")
     sent = await server.notify("s1", "stopped")
 
     await restartable.stop()
@@ -490,7 +493,7 @@ async def test_reconnect_backoff_doubles_to_the_cap_and_resets_after_boot(
 
     server = await restartable.start()
     await sleeper.allow(1)
-    await poll(lambda: run.agent.boot_id is not None, what="boot received")
+    await until(lambda: run.agent.boot_id is not None, "boot received")
     await restartable.stop()  # a dropped connection after boot waits 1 s × U again
     delays = await sleeper.wait_count(8)
     assert delays[7] == 0.75
@@ -527,7 +530,7 @@ async def test_replaced_connection_waits_thirty_seconds_with_jitter(
     caplog.set_level(logging.INFO, logger="ccr_box.agent")
     sleeper = Sleeper(free=False)
     run = await agents.start(server.url(""), recorder.injector(), sleeper=sleeper, rand=lambda: 0.2)
-    await poll(lambda: run.agent.boot_id is not None, what="boot received")
+    await until(lambda: run.agent.boot_id is not None, "boot received")
     other = await server.connect(MACHINE)  # a second agent with the same machineId
     delays = await sleeper.wait_count(1)
     assert delays == [30 * (0.5 + 0.5 * 0.2)]  # 18 s, not the 1 s × U reconnect delay
@@ -543,18 +546,16 @@ async def test_no_pong_closes_with_4001_heartbeat_timeout_and_reconnects(
     caplog.set_level(logging.INFO, logger="ccr_box.agent")
     sleeper = Sleeper(free=False)
     async with fake_server(answer_pings=False) as fake:
-        loop = asyncio.get_running_loop()
         run = await agents.start(
             fake.url, recorder.injector(), sleeper=sleeper, ping_interval_s=0.05, pong_timeout_s=0.3
         )
         conn = await fake.connection(0)
-        opened = loop.time()
         await asyncio.wait_for(conn.ended.wait(), 5)
-        elapsed = loop.time() - opened
         assert conn.close == (4001, "heartbeat-timeout")
-        assert 0.3 <= elapsed < 2.0, elapsed
         assert all(f == {"type": "ping"} for f in conn.received)
-        assert len(conn.received) >= 4  # pinged every 50 ms meanwhile
+        # It waited out the pong timeout, pinging every 50 ms meanwhile (no wall-clock check:
+        # the pings sent are the agent's own measure of the time that passed).
+        assert len(conn.received) >= 4
         assert await sleeper.wait_count(1) == [0.75]  # boot had reset the backoff
         assert "disconnected: code=4001 reason='heartbeat-timeout'" in caplog.text
         await sleeper.allow(1)
@@ -626,7 +627,10 @@ async def test_restart_runs_received_commands_and_reports_the_interrupted_one(
     assert "may not have been delivered" in notice and "wait:never being typed" in notice
     assert recorder.begun() == ["wait:never being typed", "then this", "and this"]
     assert recorder.typed() == ["then this", "and this"]
-    await poll(lambda: read_inbox(agent_dir)[row["command_id"]]["result_sent"] == 1)
+    await until(
+        lambda: read_inbox(agent_dir)[row["command_id"]]["result_sent"] == 1,
+        "the interrupted result marked sent",
+    )
     inbox = read_inbox(agent_dir)[row["command_id"]]
     assert (inbox["status"], inbox["error"]) == ("failed", INTERRUPTED)
 
@@ -671,7 +675,7 @@ async def test_stored_notifications_are_retried_while_connected(
     store.close()
     fake = server.fake
     await fake.wait_for(lambda: "kept by a hook" in fake.messages_to(CHAT))
-    await poll(lambda: not AgentStore.in_dir(agent_dir).pending_notifications(), what="dropped")
+    await until(lambda: not AgentStore.in_dir(agent_dir).pending_notifications(), "dropped")
     assert fake.messages_to(CHAT).count("kept by a hook") == 1
     assert run.agent.connected.is_set()
 
@@ -693,7 +697,7 @@ async def test_a_result_counts_as_sent_only_once_the_server_answered_the_ping_af
         await conn.ws.close(code=1012, message=b"restart")  # the server went away unconfirmed
         conn2 = await fake.connection(1)
         await conn2.wait_for(lambda got: result_ok(cid) in got)
-        await poll(lambda: run.inbox()[cid]["result_sent"] == 1, what="confirmed")
+        await until(lambda: run.inbox()[cid]["result_sent"] == 1, "confirmed")
         assert recorder.begun() == ["confirm me"]
 
 

@@ -14,6 +14,8 @@ event stream, probe); ``tui/`` is the Textual console; ``ops/`` and the top-leve
 - No private name (``_x``) is imported across packages: what one package shares with another is
   public (a top-level module such as ``admin_cli`` counts as its own package).
 - Importing ``ccr_box`` has no side effects.
+- ``aiosqlite`` (a dev extra: the baseline of ``scripts/bench_sqlite_writer.py``) is imported by
+  no ``ccr_box`` module: the server's writer and both SQLite threads use plain ``sqlite3``.
 """
 
 from __future__ import annotations
@@ -179,6 +181,12 @@ def test_the_server_imports_no_client_agent_console_or_ops_code(path: Path) -> N
         path, "ccr_box.client", "ccr_box.agent", "ccr_box.tui", "ccr_box.ops", "ccr_box.admin_cli"
     )
     assert forbidden == [], f"{module_name(path)} imports {forbidden}"
+
+
+@pytest.mark.parametrize("path", ALL, ids=module_name)
+def test_aiosqlite_is_only_the_benchmarks_baseline(path: Path) -> None:
+    found = forbidden_imports(path, "aiosqlite")
+    assert found == [], f"{module_name(path)} imports {found}"
 
 
 @pytest.mark.parametrize("path", ALL, ids=module_name)

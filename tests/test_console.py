@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,28 +24,13 @@ from ccr_box.server.polling import learn_identity
 from ccr_box.tui import widgets as w
 from ccr_box.tui.app import ConsoleApp, update_in_place
 from tests.conftest import API_KEY, CHAT, Harness
+from tests.helpers_db import command_row
+from tests.helpers_wait import until
 from tests.helpers_ws import connect_booted, receive_json
 
 
 def make_app(server: Harness) -> ConsoleApp:
     return ConsoleApp(server.url("").rstrip("/"), API_KEY, poll_interval=0.1, max_backoff=0.5)
-
-
-async def until(pilot: Any, check: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
-    """Let the app run until ``check()`` is true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.02)
-
-
-async def until_async(pilot: Any, check: Callable[[], Any], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while not await check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.02)
 
 
 async def enqueue(server: Harness, command_id: str, machine_id: str, session_id: str) -> None:
@@ -60,11 +43,6 @@ async def make_dead(server: Harness, command_id: str, machine_id: str, session_i
     await enqueue(server, command_id, machine_id, session_id)
     server.clock.advance(limits.COMMAND_EXPIRY_MS)
     await server.app[keys.MAINTENANCE].tick()
-
-
-async def status_of(server: Harness, command_id: str) -> str | None:
-    row = await server.db.read(lambda c: q.get(c, command_id))
-    return row["status"] if row else None
 
 
 def cells(app: ConsoleApp, table: str, key: str) -> list[str]:
@@ -90,8 +68,8 @@ async def test_tables_show_sessions_and_commands(server: Harness) -> None:
     await enqueue(server, "c-1", "box-a", "s1")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command row")
-        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session row")
+        await until(lambda: has_row(app, "commands", "c-1"), "the command row", pause=pilot.pause)
+        await until(lambda: has_row(app, "sessions", "s1"), "the session row", pause=pilot.pause)
         assert cells(app, "sessions", "s1")[:4] == ["my label", "s1", "box-a", "no"]
         row = cells(app, "commands", "c-1")
         assert (row[0], row[1], row[3], row[4], row[5]) == (
@@ -101,7 +79,7 @@ async def test_tables_show_sessions_and_commands(server: Harness) -> None:
             "s1",
             "text of c-1",
         )
-        await until(pilot, lambda: has_row(app, "machines", "box-a"), "the machine row")
+        await until(lambda: has_row(app, "machines", "box-a"), "the machine row", pause=pilot.pause)
         machine = cells(app, "machines", "box-a")
         assert (machine[0], machine[1], machine[3], machine[4], machine[5]) == (
             "box-a",
@@ -110,7 +88,7 @@ async def test_tables_show_sessions_and_commands(server: Harness) -> None:
             "0",
             "0",
         )
-        await until(pilot, lambda: app.live, "the event stream")
+        await until(lambda: app.live, "the event stream", pause=pilot.pause)
         assert not app.query_one("#banner").has_class("shown")
 
 
@@ -119,18 +97,24 @@ async def test_r_retries_the_selected_dead_command(server: Harness) -> None:
     await make_dead(server, "c-dead", "box-a", "s1")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: has_row(app, "commands", "c-dead"), "the dead command")
+        await until(
+            lambda: has_row(app, "commands", "c-dead"), "the dead command", pause=pilot.pause
+        )
         assert app.table("commands").get_row("c-dead")[0].style == "bold red"
         await select(pilot, app, 3, "commands", "c-dead")
         await pilot.press("r")
-        await until_async(
-            pilot, lambda: _is(server, "c-dead", "pending"), "the command to be pending"
+        await until(
+            lambda: has_status(server, "c-dead", "pending"),
+            "the command to be pending",
+            pause=pilot.pause,
         )
-        await until(pilot, lambda: cells(app, "commands", "c-dead")[0] == "pending", "the table")
+        await until(
+            lambda: cells(app, "commands", "c-dead")[0] == "pending", "the table", pause=pilot.pause
+        )
 
 
-async def _is(server: Harness, command_id: str, status: str) -> bool:
-    return await status_of(server, command_id) == status
+async def has_status(server: Harness, command_id: str, status: str) -> bool:
+    return (await command_row(server, command_id))["status"] == status
 
 
 async def test_u_with_confirmation_removes_the_session(server: Harness) -> None:
@@ -138,7 +122,7 @@ async def test_u_with_confirmation_removes_the_session(server: Harness) -> None:
     await server.register("s2", "box-a", "two")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: has_row(app, "sessions", "s2"), "the session")
+        await until(lambda: has_row(app, "sessions", "s2"), "the session", pause=pilot.pause)
         await select(pilot, app, 2, "sessions", "s2")
         await pilot.press("u")
         assert type(app.screen).__name__ == "ConfirmScreen"
@@ -150,8 +134,8 @@ async def test_u_with_confirmation_removes_the_session(server: Harness) -> None:
             resp = await server.client.get("/sessions", headers=server.auth())
             return [s["session_id"] for s in await resp.json()] == ["s1"]
 
-        await until_async(pilot, gone, "the session to be removed")
-        await until(pilot, lambda: not has_row(app, "sessions", "s2"), "the row to go")
+        await until(gone, "the session to be removed", pause=pilot.pause)
+        await until(lambda: not has_row(app, "sessions", "s2"), "the row to go", pause=pilot.pause)
         assert has_row(app, "sessions", "s1")
 
 
@@ -161,8 +145,8 @@ async def test_a_reassigns_to_the_picked_session(server: Harness) -> None:
     await enqueue(server, "c-1", "box-a", "s1")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: has_row(app, "sessions", "s2"), "the sessions")
-        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command")
+        await until(lambda: has_row(app, "sessions", "s2"), "the sessions", pause=pilot.pause)
+        await until(lambda: has_row(app, "commands", "c-1"), "the command", pause=pilot.pause)
         await select(pilot, app, 3, "commands", "c-1")
         await pilot.press("a")
         picker = app.screen
@@ -175,8 +159,10 @@ async def test_a_reassigns_to_the_picked_session(server: Harness) -> None:
             rows = await server.commands()
             return [(r["session_id"], r["machine_id"]) for r in rows] == [("s2", "box-b")]
 
-        await until_async(pilot, moved, "the command to move")
-        await until(pilot, lambda: cells(app, "commands", "c-1")[3] == "box-b", "the table")
+        await until(moved, "the command to move", pause=pilot.pause)
+        await until(
+            lambda: cells(app, "commands", "c-1")[3] == "box-b", "the table", pause=pilot.pause
+        )
 
 
 async def test_ack_from_an_agent_shows_without_restart(server: Harness) -> None:
@@ -184,14 +170,16 @@ async def test_ack_from_an_agent_shows_without_restart(server: Harness) -> None:
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
         ws = await connect_booted(server, "box-a")
-        await until(pilot, lambda: cells(app, "machines", "box-a")[1] == "yes", "online")
+        await until(
+            lambda: cells(app, "machines", "box-a")[1] == "yes", "online", pause=pilot.pause
+        )
         await enqueue(server, "c-1", "box-a", "s1")
         await server.hub.flush("box-a")
         frame = await receive_json(ws)
         assert frame["type"] == "command" and frame["commandId"] == "c-1"
-        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command")
+        await until(lambda: has_row(app, "commands", "c-1"), "the command", pause=pilot.pause)
         await ws.send_str(json.dumps({"type": "ack", "commandId": "c-1"}))
-        await until(pilot, lambda: cells(app, "commands", "c-1")[0] == "acked", "acked")
+        await until(lambda: cells(app, "commands", "c-1")[0] == "acked", "acked", pause=pilot.pause)
         await ws.close()
 
 
@@ -199,7 +187,7 @@ async def test_markup_in_labels_is_shown_literally(server: Harness) -> None:
     await server.register("s1", "box-a", "[bold]x[/]")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session")
+        await until(lambda: has_row(app, "sessions", "s1"), "the session", pause=pilot.pause)
         await pilot.press("2")
         await pilot.pause()
         assert cells(app, "sessions", "s1")[0] == "[bold]x[/]"
@@ -218,7 +206,7 @@ async def test_markup_in_labels_is_shown_literally(server: Harness) -> None:
 async def test_unreachable_server_shows_the_banner(server: Harness) -> None:
     app = ConsoleApp("http://127.0.0.1:9", API_KEY, poll_interval=0.1, max_backoff=0.2)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: app.link_ok is False, "the link state")
+        await until(lambda: app.link_ok is False, "the link state", pause=pilot.pause)
         assert app.link_text.startswith("connection lost — reconnecting")
         assert app.query_one("#banner").has_class("shown")
 
@@ -262,7 +250,7 @@ async def test_s_sends_a_command_to_the_selected_session(server: Harness) -> Non
     await server.register("s1", "box-a", "one")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session")
+        await until(lambda: has_row(app, "sessions", "s1"), "the session", pause=pilot.pause)
         await select(pilot, app, 2, "sessions", "s1")
         await pilot.press("s")
         assert isinstance(app.screen, w.InputScreen)
@@ -272,15 +260,17 @@ async def test_s_sends_a_command_to_the_selected_session(server: Harness) -> Non
             rows = await server.commands()
             return [(r["session_id"], r["command"]) for r in rows] == [("s1", "hi [b]")]
 
-        await until_async(pilot, queued, "the command to be queued")
+        await until(queued, "the command to be queued", pause=pilot.pause)
 
 
 async def test_missing_endpoints_are_told_apart_from_refusals(server: Harness) -> None:
-    async with AdminClient(server.url("").rstrip("/"), API_KEY) as client:
+    # Under this prefix the server routes nothing: each call gets the router's own 404, as an
+    # older server answers for an endpoint it lacks; still a refusal with its text.
+    async with AdminClient(server.url("/older").rstrip("/"), API_KEY) as client:
         with pytest.raises(EndpointMissing) as missing:
-            await client._call("GET", "/admin/no-such-thing")
-        # the router's 404, as an older server would answer; still a refusal with its text
+            await client.send_command("s1", "hi")
         assert (missing.value.status, str(missing.value)) == (404, "Not found")
+    async with AdminClient(server.url("").rstrip("/"), API_KEY) as client:
         with pytest.raises(ServerRefused) as refused:
             await client.send_command("nope", "hi")
         assert (refused.value.status, refused.value.error) == (404, "Session not found")
@@ -294,17 +284,18 @@ async def test_missing_endpoints_are_told_apart_from_refusals(server: Harness) -
 
 async def test_denied_chat_shows_a_toast_with_the_line_that_allows_it(server: Harness) -> None:
     app = make_app(server)
-    async with app.run_test() as pilot:
-        await until(pilot, lambda: app.live, "the live stream")
+    async with app.run_test(notifications=True) as pilot:  # Pilot hides toasts unless asked
+        await until(lambda: app.live, "the live stream", pause=pilot.pause)
         update = server.fake.make_message("999", "hi", from_id=999)
         resp = await server.webhook(update)
         assert resp.status == 200
 
         def toast() -> str:
-            texts = [str(n.message) for n in app._notifications]
-            return next((t for t in texts if t.startswith("Ignored chat 999")), "")
+            """The denied-chat toast as the screen renders it ("" until it is shown)."""
+            toasts = [str(widget.render()) for widget in app.screen.query("Toast")]
+            return next((t for t in toasts if t.startswith("Ignored chat 999")), "")
 
-        await until(pilot, toast, "the denied-chat toast")
+        await until(toast, "the denied-chat toast", pause=pilot.pause)
         assert toast().endswith(f'allowed_chat_ids = ["{CHAT}", "999"]')
 
 
@@ -337,7 +328,7 @@ async def test_header_shows_telegram_off_and_the_allowed_chat_count(start_server
     server = await start_server(bot_token="")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: "off" in telegram_shown(app), "the Telegram line")
+        await until(lambda: "off" in telegram_shown(app), "the Telegram line", pause=pilot.pause)
         assert telegram_shown(app) == (
             "Telegram: off (no bot token: console only; `ccr-box init` adds a bot) · 1 allowed chat"
         )
@@ -349,12 +340,14 @@ async def test_header_shows_webhook_then_the_last_error_in_plain_words(server: H
     assert await learn_identity(server.app[keys.TELEGRAM], app_state, server.clock)
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: "webhook" in telegram_shown(app), "the webhook state")
+        await until(
+            lambda: "webhook" in telegram_shown(app), "the webhook state", pause=pilot.pause
+        )
         assert telegram_shown(app) == "Telegram: webhook · 1 allowed chat"
         # The token is revoked while the console runs: the header follows without a restart.
         server.fake.fail_next("getMe", 401)
         assert not await learn_identity(server.app[keys.TELEGRAM], app_state, server.clock)
-        await until(pilot, lambda: "invalid" in telegram_shown(app), "the error")
+        await until(lambda: "invalid" in telegram_shown(app), "the error", pause=pilot.pause)
         assert telegram_shown(app) == "Telegram: invalid bot token (Unauthorized) · 1 allowed chat"
         assert server.fake.token not in telegram_shown(app)
 
@@ -364,7 +357,7 @@ async def test_header_shows_polling_ok(start_server) -> None:
     server = await start_server(mode="polling", options=options)
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: "polling ok" in telegram_shown(app), "polling ok")
+        await until(lambda: "polling ok" in telegram_shown(app), "polling ok", pause=pilot.pause)
         assert telegram_shown(app) == "Telegram: polling ok · 1 allowed chat"
 
 
@@ -372,25 +365,25 @@ async def test_header_says_when_no_chat_is_allowed(start_server) -> None:
     server = await start_server(allowed_chat_ids=(), allowed_user_ids=())
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: "chat" in telegram_shown(app), "the chat count")
+        await until(lambda: "chat" in telegram_shown(app), "the chat count", pause=pilot.pause)
         assert telegram_shown(app).endswith("· no allowed chat (set telegram.allowed_chat_ids)")
 
 
 async def test_empty_tables_say_what_to_do_next_until_rows_arrive(server: Harness) -> None:
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: shown(app, "#machines-empty"), "the machines hint")
+        await until(lambda: shown(app, "#machines-empty"), "the machines hint", pause=pilot.pause)
         assert shown(app, "#machines-empty") == (
             "No machines yet. On each machine: `ccr-box init --agent`, then `ccr-box agent`"
         )
         await pilot.press("2")
-        await until(pilot, lambda: shown(app, "#sessions-empty"), "the sessions hint")
+        await until(lambda: shown(app, "#sessions-empty"), "the sessions hint", pause=pilot.pause)
         assert shown(app, "#sessions-empty") == (
             "No sessions yet: start Claude Code in tmux on a connected machine "
             "(hooks: `ccr-box hooks install`)"
         )
         await pilot.press("3")
-        await until(pilot, lambda: shown(app, "#commands-empty"), "the commands hint")
+        await until(lambda: shown(app, "#commands-empty"), "the commands hint", pause=pilot.pause)
         assert shown(app, "#commands-empty") == (
             "No commands: reply to a notification in Telegram, or press s to send one"
         )
@@ -402,9 +395,9 @@ async def test_empty_tables_say_what_to_do_next_until_rows_arrive(server: Harnes
         await server.register("s1", "box-a")
         await enqueue(server, "c-1", "box-a", "s1")
         await server.hub.flush("box-a")
-        await until(pilot, lambda: has_row(app, "commands", "c-1"), "the command")
-        await until(pilot, lambda: has_row(app, "machines", "box-a"), "the machine")
-        await until(pilot, lambda: has_row(app, "sessions", "s1"), "the session")
+        await until(lambda: has_row(app, "commands", "c-1"), "the command", pause=pilot.pause)
+        await until(lambda: has_row(app, "machines", "box-a"), "the machine", pause=pilot.pause)
+        await until(lambda: has_row(app, "sessions", "s1"), "the session", pause=pilot.pause)
         for table in ("machines", "sessions", "commands"):
             assert shown(app, f"#{table}-empty") == "", table
         await ws.close()
@@ -414,13 +407,17 @@ async def test_empty_commands_hint_follows_the_filter_and_telegram_off(start_ser
     server = await start_server(bot_token="")
     app = make_app(server)
     async with app.run_test(size=(160, 40)) as pilot:
-        await until(pilot, lambda: "off" in telegram_shown(app), "the Telegram line")
-        await until(pilot, lambda: "Sessions tab" in shown(app, "#commands-empty"), "the hint")
+        await until(lambda: "off" in telegram_shown(app), "the Telegram line", pause=pilot.pause)
+        await until(
+            lambda: "Sessions tab" in shown(app, "#commands-empty"), "the hint", pause=pilot.pause
+        )
         assert shown(app, "#commands-empty") == (
             "No commands: select a session on the Sessions tab (2) and press s to send one"
         )
         await pilot.press("slash", *"dead", "enter")
-        await until(pilot, lambda: "dead" in shown(app, "#commands-empty"), "the filter hint")
+        await until(
+            lambda: "dead" in shown(app, "#commands-empty"), "the filter hint", pause=pilot.pause
+        )
         assert shown(app, "#commands-empty") == (
             "No dead commands. Press / to change the filter (empty = all)."
         )

@@ -1,10 +1,15 @@
 """The database layer (contract §5): schema and migrations, the single-server lock, group commit
-with per-job rollback, the indexes the contract names, and the uniqueness backstops."""
+with per-job rollback, its durability (the fsync after a commit, ``durable=False``, fail-stop when
+an fsync fails), the indexes the contract names, and the uniqueness backstops."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
+import threading
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,9 @@ from ccr_box.db import sessions as sessions_db
 from ccr_box.db import updates as updates_db
 from ccr_box.db.schema import SCHEMA_VERSION
 from ccr_box.errors import DatabaseBusyError, DatabaseError, SchemaTooNewError
+from ccr_box.server.app import Options
+from tests.conftest import CHAT
+from tests.helpers_wait import until
 
 
 @pytest.fixture
@@ -218,6 +226,133 @@ async def test_write_racing_close_fails_instead_of_hanging(path: Path) -> None:
     )
     assert outcomes[0] is None
     assert isinstance(outcomes[1], DatabaseError) and "closed" in str(outcomes[1])
+
+
+# -- durability: the fsync after each group commit, durable=False, fail-stop ---------------------
+
+
+class FakeFsync:
+    """The ``fsync`` a Database calls on its fsync thread (``Database.open(..., fsync=...)``):
+    counts calls, holds a call while ``hold()`` is in force, fails with EIO while ``failing``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failing = False
+        self.entered = threading.Event()  # a call has started
+        self._released = threading.Event()
+        self._released.set()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.entered.set()
+        self._released.wait(60)  # a safety net: the test releases it (also in its finally)
+        if self.failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fsync(fd)
+
+
+def record(update_id: int) -> Callable[[sqlite3.Connection], bool]:
+    return lambda c: updates_db.record(c, update_id, update_id)
+
+
+async def test_bookkeeping_skips_the_fsync_and_no_answer_overtakes_one(path: Path) -> None:
+    """``durable=False`` commits without an fsync of its own; a batch holding any durable write is
+    fsynced; and a bookkeeping write committed while an fsync is in flight is answered after the
+    durable write before it, never first."""
+    fsync = FakeFsync()
+    db = await Database.open(path, fsync=fsync)
+    try:
+        batches = db.batches
+        assert await asyncio.gather(*(db.write(record(i), durable=False) for i in (1, 2, 3)))
+        assert (db.batches - batches, fsync.calls) == (1, 0)  # one batch, no fsync
+        assert await asyncio.gather(db.write(record(4), durable=False), db.write(record(5)))
+        assert (db.batches - batches, fsync.calls) == (2, 1)  # one mixed batch, fsynced
+
+        answered: list[str] = []
+        fsync.hold()
+        durable = asyncio.create_task(db.write(record(6)))
+        durable.add_done_callback(lambda _: answered.append("durable"))
+        await until(fsync.entered.is_set, "the durable write's fsync to start")
+        committed = db.batches
+        bookkeeping = asyncio.create_task(db.write(record(7), durable=False))
+        bookkeeping.add_done_callback(lambda _: answered.append("bookkeeping"))
+        await until(lambda: db.batches > committed, "the bookkeeping write to commit")
+        fsync.release()
+        assert await asyncio.gather(durable, bookkeeping) == [True, True]
+        assert answered == ["durable", "bookkeeping"]
+        assert fsync.calls == 2  # the bookkeeping batch needed none of its own
+    finally:
+        fsync.release()
+        await db.close()
+
+
+async def test_a_failed_fsync_refuses_every_unanswered_and_every_later_write(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail-stop: after a failed fsync the data may be lost although it reads back, so every
+    write committed but not yet answered fails with it, bookkeeping included, and every later
+    write is refused, even once the disk is healthy again (until a restart)."""
+    fsync = FakeFsync()
+    db = await Database.open(path, fsync=fsync)
+    try:
+        fsync.failing = True
+        fsync.hold()
+        first = asyncio.create_task(db.write(record(1)))
+        await until(fsync.entered.is_set, "the failing fsync to start")
+        committed = db.batches
+        behind = [
+            asyncio.create_task(db.write(record(2), durable=False)),
+            asyncio.create_task(db.write(record(3))),
+        ]
+        await until(lambda: db.batches > committed, "the writes behind it to commit")
+        fsync.release()
+        outcomes = await asyncio.gather(first, *behind, return_exceptions=True)
+        assert [type(o) for o in outcomes] == [DatabaseError] * 3, outcomes
+        assert all("database sync failed (" in str(o) for o in outcomes), outcomes
+        assert "Input/output error" in str(outcomes[0])
+        assert "fsync of the database failed" in caplog.text
+
+        fsync.failing = False
+        for durable in (True, False):
+            with pytest.raises(DatabaseError, match="database sync failed"):
+                await db.write(record(4), durable=durable)
+        assert fsync.calls == 1  # nothing was written after the failure, so nothing synced
+        # Reads still answer (committed, visible; whether on disk is what nobody knows).
+        assert await scalar(db, "SELECT COUNT(*) FROM seen_updates") == 3
+    finally:
+        fsync.release()
+        await db.close()
+
+
+async def test_after_a_failed_fsync_the_server_is_not_ready_and_takes_no_write(
+    start_server,
+) -> None:
+    fsync = FakeFsync()
+    h = await start_server(options=Options(maintenance=False, telegram_inbound=False, fsync=fsync))
+    await h.register("s1", "m1")
+    resp = await h.client.get("/ready")
+    assert resp.status == 200, await resp.text()
+
+    fsync.failing = True
+    body = {"sessionId": "s2", "machineId": "m1"}
+    assert (await h.post("/sessions/register", body)).status == 500
+    calls = fsync.calls
+    fsync.failing = False  # healthy again: still refused until a restart
+    resp = await h.client.get("/ready")
+    ready = await resp.json()
+    assert (resp.status, ready["ready"]) == (503, False)
+    assert ready["checks"]["database"]["ok"] is False
+    assert ready["checks"]["database"]["error"].startswith("database sync failed (")
+    assert (await h.post("/sessions/register", {**body, "sessionId": "s3"})).status == 500
+    assert (await h.webhook(h.fake.make_message(CHAT, "hello"))).status == 500
+    assert fsync.calls == calls  # refused before anything was written
 
 
 # -- indexes and constraints (§5) ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from ccr_box.server.app import Options
 from tests import figures, strategies
 from tests.conftest import CHAT, Harness
 from tests.fake_telegram import FakeTelegram
+from tests.helpers_db import command_row
 from tests.helpers_fuzz import (
     MAX_FRAME_BYTES,
     clip,
@@ -41,7 +42,7 @@ from tests.helpers_fuzz import (
     start_harness,
     stop_harness,
 )
-from tests.helpers_ws import enqueue, receive_json, row, sync
+from tests.helpers_ws import enqueue, receive_json, sync
 
 MACHINE, OTHER_MACHINE = "m1", "m2"
 UNKNOWN_COMMAND = "f" * 32
@@ -88,14 +89,14 @@ class World:
 
     async def setup(self) -> None:
         [self.other] = await enqueue(self.h, OTHER_MACHINE, ["not yours"])
-        self.other_before = await row(self.h, self.other)
+        self.other_before = await command_row(self.h, self.other)
         await self.connect()
         [self.flush_trigger] = await enqueue(self.h, MACHINE, ["first"])
         frame = await receive_json(self.ws)
         assert frame["commandId"] == self.flush_trigger
         await self.ws.send_str(ack(self.flush_trigger))
         await sync(self.ws)
-        assert (await row(self.h, self.flush_trigger))["status"] == "acked"
+        assert (await command_row(self.h, self.flush_trigger))["status"] == "acked"
 
     async def connect(self) -> None:
         """Connect; commands left over from a connection that ended are acked (§4.1 re-sends
@@ -151,8 +152,8 @@ class World:
         self.pongs += pongs
         await self.ws.send_str(ack(pending))
         await sync(self.ws)
-        assert (await row(h, pending))["status"] == "acked"
-        assert await row(h, self.other) == self.other_before
+        assert (await command_row(h, pending))["status"] == "acked"
+        assert await command_row(h, self.other) == self.other_before
         assert h.hub.connected().get(MACHINE) is conn and self.ws.close_code is None
         assert error_records(self.records, log_mark) == []
         # "Command failed" texts the results caused go to the allowed chat only (§6.5).

@@ -11,6 +11,7 @@ from ccr_box import limits
 from ccr_box.db import queue as q
 from ccr_box.server import texts
 from tests.conftest import CHAT, OTHER_CHAT, Harness
+from tests.helpers_db import command_row
 from tests.helpers_queue import (
     DAY_MS,
     RawAgent,
@@ -18,7 +19,6 @@ from tests.helpers_queue import (
     only_row,
     receive_json,
     reply,
-    row,
     sync,
     tick,
 )
@@ -192,7 +192,7 @@ async def test_transport_failure_keeps_status_and_backs_off(server: Harness) -> 
     status, body = await admin_post(server, f"/admin/commands/{two['command_id']}/retry")
     assert (status, body) == (200, {"ok": True})
     now = server.clock.now_ms()
-    r = await row(server, two["command_id"])
+    r = await command_row(server, two["command_id"])
     assert {k: r[k] for k in ("status", "attempts", "next_retry_at", "expires_at")} == {
         "status": "pending",
         "attempts": 0,
@@ -213,7 +213,7 @@ async def test_second_failure_uses_previous_attempts_for_backoff(server: Harness
     await reply(server, mid, "two")
     await agent.receive_json()
     await agent.receive_json()
-    sent_at = (await row(server, (await server.commands(status="sent"))[0]["command_id"]))[
+    sent_at = (await command_row(server, (await server.commands(status="sent"))[0]["command_id"]))[
         "sent_at"
     ]
     server.hub.connected()["m1"].ws.get_extra_info("socket").shutdown(socket.SHUT_WR)
@@ -332,7 +332,7 @@ async def test_result_implies_ack_for_sent_and_pending_rows(server: Harness) -> 
         )
     )
     assert await sync(ws) == []
-    r = await row(server, sent["command_id"])
+    r = await command_row(server, sent["command_id"])
     assert (r["status"], r["acked_at"], r["result"], r["result_error"], r["result_at"]) == (
         "acked",
         now,
@@ -340,7 +340,7 @@ async def test_result_implies_ack_for_sent_and_pending_rows(server: Harness) -> 
         None,
         now,
     )
-    r = await row(server, pending["command_id"])
+    r = await command_row(server, pending["command_id"])
     assert (r["status"], r["acked_at"], r["result"], r["result_error"], r["result_at"]) == (
         "acked",
         now,
@@ -496,7 +496,7 @@ async def test_dead_letter_text_only_to_allowed_chat(server: Harness) -> None:
     )
     server.clock.advance(DAY_MS)
     await tick(server)
-    assert (await row(server, "f" * 32))["status"] == "dead"
+    assert (await command_row(server, "f" * 32))["status"] == "dead"
     # A later, observable text to the allowed chat.
     await server.db.write(
         lambda c: q.enqueue(

@@ -11,8 +11,10 @@ import struct
 import pytest
 from aiohttp import WSMsgType
 
-from ccr_box.server.app import Options
+from ccr_box import limits
 from tests.conftest import API_KEY, CHAT, Harness
+from tests.helpers_db import command_row
+from tests.helpers_wait import skippable_loop_clock
 from tests.helpers_ws import (
     CCR_PROTOCOL,
     OP_CLOSE,
@@ -25,7 +27,6 @@ from tests.helpers_ws import (
     enqueue,
     protocol_header,
     receive_json,
-    row,
     sync,
 )
 
@@ -267,11 +268,11 @@ async def test_close_does_not_change_queue_rows(server: Harness) -> None:
     ws = await connect_booted(server, "devbox")
     [command_id] = await enqueue(server, "devbox", ["run"])
     assert (await receive_json(ws))["commandId"] == command_id
-    before = await row(server, command_id)
+    before = await command_row(server, command_id)
     conn = current_connection(server, "devbox")
     await ws.close(code=4001, message=b"heartbeat-timeout")
     await disconnected(server, conn, 4001)
-    assert await row(server, command_id) == before
+    assert await command_row(server, command_id) == before
     assert before["status"] == "sent"
 
 
@@ -298,7 +299,7 @@ async def test_new_connection_replaces_old_one(server: Harness) -> None:
     await sync(new)
     await new.send_str(json.dumps({"type": "ack", "commandId": command_id}))
     await sync(new)
-    assert (await row(server, command_id))["status"] == "acked"
+    assert (await command_row(server, command_id))["status"] == "acked"
     await new.close()
 
 
@@ -329,13 +330,16 @@ async def test_other_machines_are_not_replaced(server: Harness) -> None:
 
 # -- §4.5 idle timeout ----------------------------------------------------------------------------
 
-IDLE = Options(maintenance=False, telegram_inbound=False, idle_timeout_s=0.3)
+# The server's own idle timeout (120 s): the tests skip the event loop's clock past it instead of
+# waiting it out, so a loaded machine can neither make them slow nor close a connection early.
+IDLE_S = limits.WS_IDLE_TIMEOUT_S
 
 
-async def test_silent_client_is_closed_with_4002(start_server) -> None:
-    server = await start_server(options=IDLE)
+async def test_silent_client_is_closed_with_4002(server: Harness) -> None:
+    skip = skippable_loop_clock()
     ws = await connect_booted(server, "devbox")
     conn = current_connection(server, "devbox")
+    skip(IDLE_S)
     msg = await ws.receive(timeout=5)
     assert msg.type == WSMsgType.CLOSE
     assert (msg.data, msg.extra) == (4002, "Idle timeout")
@@ -345,15 +349,18 @@ async def test_silent_client_is_closed_with_4002(start_server) -> None:
     assert [m["connected"] for m in await admin_machines(server)] == [False]
 
 
-async def test_pinging_client_stays_open(start_server) -> None:
-    server = await start_server(options=IDLE)
-    ws = await connect_booted(server, "devbox")
-    for _ in range(4):  # 0.4 s in all, longer than the idle timeout
-        await asyncio.sleep(0.1)
-        await sync(ws)
-    for _ in range(4):  # protocol-level pings count as frames too
-        await asyncio.sleep(0.1)
+async def test_pinging_client_stays_open(server: Harness) -> None:
+    skip = skippable_loop_clock()
+    # autoping off: the client sees the server's pong, proof that the ping was read.
+    ws = await connect_booted(server, "devbox", autoping=False)
+    for _ in range(3):  # twice the idle timeout in all, never 2/3 of it without a frame
+        skip(IDLE_S * 2 / 3)
+        await sync(ws)  # an application-level ping is a frame
+    for _ in range(3):  # protocol-level pings count as frames too
+        skip(IDLE_S * 2 / 3)
         await ws.ping()
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.PONG, msg
     await sync(ws)
     assert ws.close_code is None and not ws.closed
     assert [m["connected"] for m in await admin_machines(server)] == [True]

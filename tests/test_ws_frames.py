@@ -12,12 +12,12 @@ from aiohttp import WSMsgType
 
 from ccr_box.server import keys, texts
 from tests.conftest import CHAT, OTHER_CHAT, Harness, make_config
+from tests.helpers_db import command_row
 from tests.helpers_ws import (
     barrier,
     connect_booted,
     enqueue,
     receive_json,
-    row,
     sync,
 )
 
@@ -169,9 +169,9 @@ async def test_malformed_acks_leave_the_row_unacked(server: Harness) -> None:
     await ws.send_str(ack(long_id))  # 65 characters: malformed, dropped
     await ws.send_str(ack(max_id))  # 64 characters: fine
     await sync(ws)
-    assert (await row(server, normal))["status"] == "sent"
-    assert (await row(server, long_row))["status"] == "sent"
-    assert (await row(server, max_row))["status"] == "acked"
+    assert (await command_row(server, normal))["status"] == "sent"
+    assert (await command_row(server, long_row))["status"] == "sent"
+    assert (await command_row(server, max_row))["status"] == "acked"
     await ws.close()
 
 
@@ -188,7 +188,7 @@ async def test_binary_frames_are_decoded_as_utf8(server: Harness) -> None:
     assert (await receive_json(ws))["commandId"] == command_id
     await ws.send_bytes(ack(command_id).encode())
     await sync(ws)
-    assert (await row(server, command_id))["status"] == "acked"
+    assert (await command_row(server, command_id))["status"] == "acked"
     await ws.close()
 
 
@@ -209,8 +209,8 @@ async def test_frames_over_64_kib_are_dropped_and_connection_stays_open(
     await send(padded('{"type":"ping","pad":"{pad}"}', MAX_FRAME + 1))  # no pong for it
     await send(padded(skeleton % at_limit, MAX_FRAME))
     await sync(ws)  # the very next frame is the pong of this ping: the big ping got none
-    assert (await row(server, over))["status"] == "sent"
-    assert (await row(server, at_limit))["status"] == "acked"
+    assert (await command_row(server, over))["status"] == "sent"
+    assert (await command_row(server, at_limit))["status"] == "acked"
 
     # ASCII at the limit too (65,536 characters = 65,536 bytes).
     await send(padded('{"type":"ping","pad":"{pad}"}', MAX_FRAME, multibyte=False))
@@ -259,7 +259,7 @@ async def test_command_frame_is_compact_and_exact(server: Harness) -> None:
     assert json.loads(msg.data) == expected
     assert msg.data == compact(expected)
     await sync(ws)
-    sent = await row(server, command_id)
+    sent = await command_row(server, command_id)
     now = server.clock.now_ms()
     assert (sent["status"], sent["attempts"], sent["sent_at"]) == ("sent", 1, now)
     assert sent["next_retry_at"] == now + 60_000
@@ -276,13 +276,13 @@ async def test_ack_only_counts_for_the_connections_machine(server: Harness) -> N
     assert (await receive_json(a))["commandId"] == command_id
     await b.send_str(ack(command_id))
     await sync(b)
-    unchanged = await row(server, command_id)
+    unchanged = await command_row(server, command_id)
     assert (unchanged["status"], unchanged["acked_at"]) == ("sent", None)
 
     server.clock.advance(1_234)
     await a.send_str(ack(command_id))
     await sync(a)
-    acked = await row(server, command_id)
+    acked = await command_row(server, command_id)
     assert (acked["status"], acked["acked_at"]) == ("acked", server.clock.now_ms())
     await a.close()
     await b.close()
@@ -293,7 +293,7 @@ async def test_ack_of_a_pending_row_marks_it_acked(server: Harness) -> None:
     [command_id] = await enqueue(server, "devbox", ["queued"], flush=False)
     await ws.send_str(ack(command_id))
     await sync(ws)  # and the flush after the ack had nothing to send
-    got = await row(server, command_id)
+    got = await command_row(server, command_id)
     assert (got["status"], got["attempts"]) == ("acked", 0)
     await ws.close()
 
@@ -304,18 +304,18 @@ async def test_ack_runs_a_flush_even_for_an_acked_row(server: Harness) -> None:
     assert (await receive_json(ws))["commandId"] == first
     await ws.send_str(ack(first))
     await sync(ws)
-    acked_at = (await row(server, first))["acked_at"]
+    acked_at = (await command_row(server, first))["acked_at"]
 
     [second] = await enqueue(server, "devbox", ["second"], flush=False)
     await ws.send_str(ack("f" * 32))  # unknown id: no row matched, no flush
     await sync(ws)
-    assert (await row(server, second))["status"] == "pending"
+    assert (await command_row(server, second))["status"] == "pending"
 
     server.clock.advance(500)
     await ws.send_str(ack(first))  # already acked: no change, but a flush runs
     frame = await receive_json(ws)
     assert (frame["type"], frame["commandId"]) == ("command", second)
-    again = await row(server, first)
+    again = await command_row(server, first)
     assert (again["status"], again["acked_at"]) == ("acked", acked_at)
     await ws.close()
 
@@ -328,7 +328,7 @@ async def test_ack_from_another_machine_does_not_flush(server: Harness) -> None:
     [beta_row] = await enqueue(server, "beta", ["b"], flush=False)
     await b.send_str(ack(alpha_row))
     await sync(b)
-    assert (await row(server, beta_row))["status"] == "pending"
+    assert (await command_row(server, beta_row))["status"] == "pending"
     await a.close()
     await b.close()
 
@@ -347,7 +347,7 @@ async def test_success_result_stores_ok_and_acks_without_message(server: Harness
     server.clock.advance(2_000)
     await ws.send_str(result(commandId=command_id, success=True, error=None, chatId=CHAT))
     await sync(ws)
-    got = await row(server, command_id)
+    got = await command_row(server, command_id)
     now = server.clock.now_ms()
     assert (got["status"], got["acked_at"]) == ("acked", now)
     assert (got["result"], got["result_error"], got["result_at"]) == ("ok", None, now)
@@ -363,13 +363,13 @@ async def test_failure_result_stores_failed_tells_chat_once(server: Harness) -> 
     await receive_json(ws)
     await ws.send_str(ack(command_id))
     await sync(ws)
-    acked_at = (await row(server, command_id))["acked_at"]
+    acked_at = (await command_row(server, command_id))["acked_at"]
 
     server.clock.advance(3_000)
     # The frame's chatId is ignored when the row is known: the row's chat is told.
     await ws.send_str(result(commandId=command_id, success=False, error="boom", chatId=OTHER_CHAT))
     await fake.wait_for(lambda: "Command failed: boom" in fake.messages_to(CHAT))
-    got = await row(server, command_id)
+    got = await command_row(server, command_id)
     assert (got["status"], got["acked_at"]) == ("acked", acked_at)
     assert (got["result"], got["result_error"]) == ("failed", "boom")
     assert got["result_at"] == server.clock.now_ms()
@@ -383,7 +383,7 @@ async def test_failure_result_stores_failed_tells_chat_once(server: Harness) -> 
         "Command failed: boom"
     ]
     assert fake.messages_to(OTHER_CHAT) == []
-    assert await row(server, command_id) == got
+    assert await command_row(server, command_id) == got
     await ws.close()
 
 
@@ -393,7 +393,7 @@ async def test_result_for_a_row_in_a_chat_not_allowed_sends_nothing(server: Harn
     await receive_json(ws)
     await ws.send_str(result(commandId=command_id, success=False, error="boom", chatId=CHAT))
     await sync(ws)
-    assert (await row(server, command_id))["result"] == "failed"
+    assert (await command_row(server, command_id))["result"] == "failed"
     await barrier(server)
     assert [m for m in server.fake.messages_to(CHAT) if m.startswith("Command")] == []
     assert server.fake.messages_to(OTHER_CHAT) == []
@@ -467,7 +467,7 @@ async def test_empty_command_id_or_chat_id_count_as_absent(server: Harness) -> N
     await receive_json(ws)
     await ws.send_str(result(commandId=command_id, success=False, error="row chat", chatId=""))
     await fake.wait_for(lambda: "Command failed: row chat" in fake.messages_to(CHAT))
-    got = await row(server, command_id)
+    got = await command_row(server, command_id)
     assert (got["status"], got["result"], got["result_error"]) == ("acked", "failed", "row chat")
     await ws.close()
 
@@ -478,12 +478,12 @@ async def test_result_naming_another_machines_row_changes_nothing(server: Harnes
     b = await connect_booted(server, "beta")
     [command_id] = await enqueue(server, "alpha", ["a"])
     await receive_json(a)
-    before = await row(server, command_id)
+    before = await command_row(server, command_id)
     await b.send_str(result(commandId=command_id, success=False, error="spoof", chatId=CHAT))
     # Not this machine's row: uncorrelated, so only the failure report with the frame's chat.
     await fake.wait_for(lambda: "Command failed: spoof" in fake.messages_to(CHAT))
     await sync(b)
-    assert await row(server, command_id) == before
+    assert await command_row(server, command_id) == before
     await a.close()
     await b.close()
 
@@ -500,7 +500,7 @@ async def kill_row(server: Harness, machine_id: str, label: str | None, command:
     target = label or machine_id
     notice = f"Command not delivered to {target} (not delivered within 24 hours): {command}"
     await server.fake.wait_for(lambda: notice in server.fake.messages_to(CHAT))
-    assert (await row(server, command_id))["status"] == "dead"
+    assert (await command_row(server, command_id))["status"] == "dead"
     return command_id
 
 
@@ -513,7 +513,7 @@ async def test_late_ack_of_dead_row(server: Harness, label: str | None, target: 
     server.clock.advance(10)
     await ws.send_str(ack(command_id))
     await fake.wait_for(lambda: f"Command reached {target} after all." in fake.messages_to(CHAT))
-    got = await row(server, command_id)
+    got = await command_row(server, command_id)
     assert (got["status"], got["acked_at"]) == ("acked", server.clock.now_ms())
     # A second ack is an ack of an acked row: no second message.
     await ws.send_str(ack(command_id))
@@ -534,7 +534,7 @@ async def test_late_result_of_dead_row(server: Harness) -> None:
             <= set(fake.messages_to(CHAT))
         )
     )
-    got = await row(server, command_id)
+    got = await command_row(server, command_id)
     assert (got["status"], got["result"], got["result_error"]) == ("acked", "failed", "nope")
     await ws.close()
 

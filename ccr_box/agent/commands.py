@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     return {"agent": run_agent, "hook": run_hook, "hooks": run_hooks}[args.command](args)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agent = sub.add_parser("agent", help="run the machine agent (receives replies, types them)")
     agent.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 

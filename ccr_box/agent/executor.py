@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ccr_box.agent.inject import Injector, Target
-from ccr_box.agent.store import AsyncStore
+from ccr_box.agent.store import AgentStore, AsyncStore
 from ccr_box.errors import InjectionError
 
 log = logging.getLogger("ccr_box.agent.executor")
@@ -59,13 +59,13 @@ class Executor:
         if row.get("kind", "command") != "command":
             await self._finish(row, f"{row['kind']} is not supported by this agent")
             return
-        session = await self._store.call("session", row["session_id"])
+        session = await self._store.run(AgentStore.session, row["session_id"])
         if session is None:
             await self._finish(row, UNKNOWN_SESSION)
             return
         text = json.loads(row["payload"]).get("command", "")
         # Committed before typing: after a crash this row is never typed again (§11.2).
-        await self._store.call("set_status", command_id, "executing")
+        await self._store.run(AgentStore.set_status, command_id, "executing")
         target = Target(
             pane=session["pane"], tmux_socket=session["tmux_socket"], session_id=row["session_id"]
         )
@@ -81,7 +81,7 @@ class Executor:
 
     async def _finish(self, row: dict[str, Any], error: str | None) -> None:
         status = "done" if error is None else "failed"
-        await self._store.call("set_status", row["command_id"], status, error)
+        await self._store.run(AgentStore.set_status, row["command_id"], status, error)
         if error is None:
             log.info("command %s typed into session %s", row["command_id"], row["session_id"])
         else:

@@ -3,6 +3,13 @@
 A hook must never block or break Claude Code: nothing on stdout, short HTTP timeouts, exit 0
 whatever happens. A notification the server cannot take now is kept in the agent's store and
 sent by the agent later.
+
+Timeouts: a call to the server gives up after 3 s (SessionEnd: 1 s, as Claude Code is exiting),
+and once a call found the server unreachable the hook makes no further call, so a hanging server
+costs a hook one timeout. ``CCR_BOX_HOOK_TIMEOUT_S`` (environment; seconds, in (0, 60]) replaces
+the 3 s; SessionEnd takes the smaller of it and 1 s. It is a test and ops knob: tests give a
+hanging server a fraction of a second, an operator on a slow link more; any other value is
+ignored with a warning in hooks.log.
 """
 
 from __future__ import annotations
@@ -36,8 +43,11 @@ except ImportError:  # Windows: no tmux there either
 
 log = logging.getLogger("ccr_box.hook")
 
-HOOK_TIMEOUT = aiohttp.ClientTimeout(total=3, connect=1)
-SESSION_END_TIMEOUT = aiohttp.ClientTimeout(total=1, connect=1)
+HOOK_TIMEOUT_S = 3.0  # per call to the server
+SESSION_END_TIMEOUT_S = 1.0  # Claude Code is exiting
+CONNECT_TIMEOUT_S = 1.0
+TIMEOUT_ENV = "CCR_BOX_HOOK_TIMEOUT_S"  # replaces HOOK_TIMEOUT_S (tests, slow links)
+MAX_TIMEOUT_S = 60.0
 NOTIFY_TYPES = ("permission_prompt", "elicitation_dialog")
 EVENTS = ("SessionStart", "Stop", "Notification", "SessionEnd")
 
@@ -98,7 +108,7 @@ class Hooks:
             )
             if event not in ("SessionStart", "SessionEnd"):
                 return
-        timeout = SESSION_END_TIMEOUT if event == "SessionEnd" else HOOK_TIMEOUT
+        timeout = hook_timeout(event, self.env)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             api = ServerAPI(self.config.server_url, self.config.api_key, http, timeout=timeout)
             handler = getattr(self, f"_on_{event}")
@@ -201,6 +211,30 @@ class Hooks:
             log.info("server unreachable (%s); notification kept for the agent to send", exc)
         except ServerRefused as exc:
             log.warning("server refused the notification for %s: %s", session_id, exc)
+
+
+def hook_timeout(event: str, env: Mapping[str, str]) -> aiohttp.ClientTimeout:
+    """How long a hook's call to the server may take: 3 s or ``$CCR_BOX_HOOK_TIMEOUT_S``;
+    SessionEnd at most 1 s."""
+    seconds = HOOK_TIMEOUT_S
+    raw = env.get(TIMEOUT_ENV, "").strip()
+    if raw:
+        try:
+            wanted = float(raw)
+        except ValueError:
+            wanted = float("nan")
+        if 0 < wanted <= MAX_TIMEOUT_S:  # NaN and infinities fail too
+            seconds = wanted
+        else:
+            log.warning(
+                "%s=%r is not a number of seconds in (0, %g]; ignored",
+                TIMEOUT_ENV,
+                raw,
+                MAX_TIMEOUT_S,
+            )
+    if event == "SessionEnd":
+        seconds = min(seconds, SESSION_END_TIMEOUT_S)
+    return aiohttp.ClientTimeout(total=seconds, connect=min(seconds, CONNECT_TIMEOUT_S))
 
 
 async def _quietly(call: Any, what: str) -> None:

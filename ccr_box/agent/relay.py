@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from ccr_box.agent.notify import interrupted_text
-from ccr_box.agent.store import AsyncStore
+from ccr_box.agent.store import AgentStore, AsyncStore
 from ccr_box.client.agent import ServerAPI
 from ccr_box.client.errors import ServerRefused, ServerUnavailable
 
@@ -28,7 +28,7 @@ class Relay:
         self._pending_lock = asyncio.Lock()  # one pass over the stored notifications at a time
 
     async def reregister_sessions(self) -> None:
-        for session in await self._store.call("sessions"):
+        for session in await self._store.run(AgentStore.sessions):
             try:
                 await self._api.register(session["session_id"], self._machine_id, session["label"])
             except (ServerUnavailable, ServerRefused) as exc:
@@ -42,15 +42,15 @@ class Relay:
         took it, so a crash in between sends it again.
         """
         async with self._pending_lock:
-            for item in await self._store.call("pending_notifications"):
+            for item in await self._store.run(AgentStore.pending_notifications):
                 try:
                     await self._notify(item["body"])
                 except ServerUnavailable as exc:
-                    await self._store.call("notification_failed", item["id"], str(exc))
+                    await self._store.run(AgentStore.notification_failed, item["id"], str(exc))
                     return
                 except ServerRefused as exc:
                     log.warning("server refused a stored notification (%s); dropping it", exc)
-                await self._store.call("drop_notification", item["id"])
+                await self._store.run(AgentStore.drop_notification, item["id"])
 
     async def retry_pending_every(self, interval_s: float) -> None:
         """While connected, retry notifications a hook (or this agent) could not deliver."""
@@ -63,7 +63,12 @@ class Relay:
 
     async def _notify(self, body: dict[str, Any]) -> None:
         """Notify; a session the server forgot but this machine knows is registered again."""
-        session = await self._store.call("session", body.get("sessionId"))
+        session_id = body.get("sessionId")
+        session = (
+            await self._store.run(AgentStore.session, session_id)
+            if isinstance(session_id, str)
+            else None  # no id: no stored session (what the lookup would find)
+        )
         label = session["label"] if session else None
         await self._api.notify_session(body, self._machine_id, label, known=session is not None)
 

@@ -23,7 +23,7 @@ from ccr_box import protocol
 from ccr_box.agent.executor import Executor
 from ccr_box.agent.inject import Injector
 from ccr_box.agent.relay import Relay
-from ccr_box.agent.store import AsyncStore
+from ccr_box.agent.store import AgentStore, AsyncStore
 from ccr_box.backoff import Backoff
 from ccr_box.client.agent import ServerAPI
 
@@ -109,7 +109,9 @@ class Agent:
         from the store (now, and again after every connect until the server took them).
         """
         assert self._relay is not None
-        to_run, interrupted = await self._store.call("recover", self._relay.interrupted_notice)
+        to_run, interrupted = await self._store.run(
+            AgentStore.recover, self._relay.interrupted_notice
+        )
         for row in interrupted:
             log.warning(
                 "command %s was being typed when the agent stopped; not re-run", row["command_id"]
@@ -118,7 +120,7 @@ class Agent:
             self._spawn(self._relay.send_pending())
         for row in to_run:
             self.executor.submit(row)
-        pruned = await self._store.call("prune")
+        pruned = await self._store.run(AgentStore.prune)
         if pruned:
             log.debug("pruned %d old inbox rows", pruned)
 
@@ -242,7 +244,7 @@ class Agent:
         await self._relay.reregister_sessions()
         await self._send_unsent_results()
         await self._relay.send_pending()
-        await self._store.call("prune")  # done/failed rows older than 48 h (also at start)
+        await self._store.run(AgentStore.prune)  # done/failed rows older than 48 h (also at start)
 
     async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> None:
         frame = protocol.decode(data)
@@ -279,15 +281,18 @@ class Agent:
         data: str | bytes,
     ) -> None:
         payload = json.loads(data)
-        is_new = await self._store.call("receive", command_id, kind, session_id, chat_id, payload)
+        is_new = await self._store.run(
+            AgentStore.receive, command_id, kind, session_id, chat_id, payload
+        )
         # Ack only after the durable write; a duplicate is acked again, never executed again.
         try:
             await ws.send_str(protocol.encode({"type": "ack", "commandId": command_id}))
         except (ConnectionError, RuntimeError):
             log.debug("ack for %s not sent: connection closing", command_id)
         if is_new:
-            row = await self._store.call("get", command_id)
-            self.executor.submit(row)
+            row = await self._store.run(AgentStore.get, command_id)
+            if row is not None:  # always: prune only removes finished rows
+                self.executor.submit(row)
         else:
             log.info("duplicate command %s acked again, not executed", command_id)
 
@@ -327,10 +332,10 @@ class Agent:
         done = [cid for n, cid in self._unconfirmed if n <= self._pongs]
         self._unconfirmed = [(n, cid) for n, cid in self._unconfirmed if n > self._pongs]
         for command_id in done:
-            await self._store.call("mark_result_sent", command_id)
+            await self._store.run(AgentStore.mark_result_sent, command_id)
 
     async def _send_unsent_results(self) -> None:
-        for row in await self._store.call("unsent_results"):
+        for row in await self._store.run(AgentStore.unsent_results):
             ws = self._ws
             if ws is None or ws.closed or not await self._send_result(ws, row):
                 return

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ccr_box.errors import ConfigError
 from ccr_box.files import atomic_write
@@ -30,6 +30,10 @@ SESSION_START_MATCHER = "startup|resume|clear|compact"
 NEW_FILE_MODE = 0o600  # user settings often carry secrets in "env"
 _SCOPES = {"user", "project", "local"}
 
+# Parsed JSON: the file is whatever the user (or another tool) wrote, checked where it is read.
+JsonObject = dict[str, Any]
+JsonArray = list[Any]
+
 
 @dataclass
 class Plan:
@@ -37,8 +41,8 @@ class Plan:
 
     path: Path
     changed: bool
-    before: dict
-    after: dict
+    before: JsonObject
+    after: JsonObject
     added: list[str]  # events whose ccr-box entry was added or rewritten
     removed: list[str]  # events from which ccr-box handlers were removed
     backup: Path | None = None  # copy of the previous file, when one existed and was changed
@@ -79,9 +83,9 @@ def hook_command(event: str, executable: str | None = None) -> str:
     return f"{prefix} hook {event}"
 
 
-def desired_entries(executable: str | None = None) -> dict[str, dict]:
+def desired_entries(executable: str | None = None) -> dict[str, JsonObject]:
     """Event -> the matcher group ccr-box installs for it."""
-    entries: dict[str, dict] = {}
+    entries: dict[str, JsonObject] = {}
     for event in EVENTS:
         handler: dict[str, Any] = {"type": "command", "command": hook_command(event, executable)}
         if event == "SessionStart":
@@ -119,7 +123,8 @@ def is_ccr_box_command(command: str) -> bool:
     return len(head) >= 3 and head[-2:] == ["-m", "ccr_box"]
 
 
-def _is_ours(handler: Any) -> bool:
+def _is_ours(handler: object) -> TypeGuard[JsonObject]:
+    """True for a handler object whose command runs ccr-box's hook (so it is a JSON object)."""
     command = handler.get("command") if isinstance(handler, dict) else None
     return isinstance(command, str) and is_ccr_box_command(command)
 
@@ -127,7 +132,7 @@ def _is_ours(handler: Any) -> bool:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> tuple[bytes | None, dict]:
+def _read(path: Path) -> tuple[bytes | None, JsonObject]:
     """(raw bytes or None when missing, parsed object). Raises ConfigError on bad content."""
     try:
         raw = path.read_bytes()
@@ -150,16 +155,16 @@ def _read(path: Path) -> tuple[bytes | None, dict]:
     return raw, data
 
 
-def _event_list(path: Path, hooks: dict, event: str) -> list | None:
+def _event_list(path: Path, hooks: JsonObject, event: str) -> JsonArray | None:
     groups = hooks.get(event)
     if groups is not None and not isinstance(groups, list):
         raise ConfigError(str(path), f'"hooks.{event}" is not a JSON array')
     return groups
 
 
-def _strip_ours(groups: list) -> tuple[list, bool]:
+def _strip_ours(groups: JsonArray) -> tuple[JsonArray, bool]:
     """Groups without ccr-box handlers (groups emptied by that are dropped), and whether any went."""
-    kept: list = []
+    kept: JsonArray = []
     removed = False
     for group in groups:
         handlers = group.get("hooks") if isinstance(group, dict) else None
@@ -173,7 +178,7 @@ def _strip_ours(groups: list) -> tuple[list, bool]:
     return kept, removed
 
 
-def _our_groups(groups: list) -> list:
+def _our_groups(groups: JsonArray) -> JsonArray:
     return [
         g
         for g in groups
@@ -195,7 +200,7 @@ def _backup_name(path: Path) -> Path:
     return candidate
 
 
-def _write(path: Path, data: dict, previous: bytes | None) -> Path | None:
+def _write(path: Path, data: JsonObject, previous: bytes | None) -> Path | None:
     """Back up the previous content (if any), then replace ``path`` atomically. Returns backup."""
     target = path.resolve() if path.is_symlink() else path  # keep dotfile symlinks intact
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +213,9 @@ def _write(path: Path, data: dict, previous: bytes | None) -> Path | None:
     return backup
 
 
-def _finish(path: Path, raw: bytes | None, before: dict, after: dict, **kw: Any) -> Plan:
+def _finish(
+    path: Path, raw: bytes | None, before: JsonObject, after: JsonObject, **kw: Any
+) -> Plan:
     changed = after != before
     backup = _write(path, after, raw) if changed else None
     return Plan(path, changed, before, after, backup=backup, created=changed and raw is None, **kw)

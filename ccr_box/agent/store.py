@@ -6,15 +6,18 @@ in WAL mode with a busy timeout; the agent calls it from one worker thread (``As
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from ccr_box.sqlite_thread import SqliteThread
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 AGENT_DB = "agent.sqlite3"
 DONE_TTL_MS = 48 * 3600 * 1000  # longer than the server's 24 h re-send horizon (§11.2)
@@ -277,27 +280,42 @@ INTERRUPTED = "interrupted by agent restart (not re-run)"
 
 
 class AsyncStore:
-    """Runs :class:`AgentStore` calls on one dedicated thread so the event loop never blocks."""
+    """Runs :class:`AgentStore` calls on one dedicated thread so the event loop never blocks.
+
+    The thread and its connection are a :class:`~ccr_box.sqlite_thread.SqliteThread` (the class
+    the server's reader uses too); the store is opened on that thread exactly as a hook process
+    opens it (:class:`AgentStore`: the open lock, WAL, ``synchronous = FULL``, the migration).
+    """
 
     def __init__(self, path: Path) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-box-inbox")
+        self._thread = SqliteThread("ccr-box-inbox")
         self._path = path
         self._store: AgentStore | None = None
 
     async def open(self) -> AsyncStore:
-        self._store = await self._run_raw(lambda: AgentStore(self._path))
+        def connect() -> sqlite3.Connection:
+            store = AgentStore(self._path)
+            self._store = store
+            return store.conn
+
+        await self._thread.open(connect)
         return self
 
-    async def _run_raw(self, fn):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def call(self, method: str, *args: Any) -> Any:
+    async def run(
+        self, method: Callable[Concatenate[AgentStore, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``method(store, *args, **kwargs)`` on the store's thread, typed like the method:
+        ``await s.run(AgentStore.get, command_id)`` is a ``dict[str, Any] | None``."""
         store = self._store
         assert store is not None, "AsyncStore.open() first"
-        return await self._run_raw(lambda: getattr(store, method)(*args))
+        return await self._thread.run(lambda _conn: method(store, *args, **kwargs))
+
+    async def call(self, name: str, *args: object) -> object:
+        """``store.<name>(*args)`` on the store's thread, the method looked up by name (for tests;
+        code uses :meth:`run`, which the type checker follows)."""
+        return await self.run(lambda store: getattr(store, name)(*args))
 
     async def close(self) -> None:
-        if self._store is not None:
-            await self._run_raw(self._store.close)
-            self._store = None
-        self._executor.shutdown(wait=True)
+        """Close the connection on its thread (what :meth:`AgentStore.close` does) and stop it."""
+        await self._thread.close()
+        self._store = None

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from ccr_box.db.schema import migrate
 from ccr_box.errors import DatabaseBusyError, DatabaseError
+from ccr_box.sqlite_thread import SqliteThread, connect
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
@@ -42,41 +43,6 @@ DB_FILENAME = "ccr-box.sqlite3"
 MAX_BATCH = 256
 
 
-class SqliteThread:
-    """One sqlite3 connection confined to one worker thread; ``run(fn)`` awaits ``fn(conn)``."""
-
-    def __init__(self, path: Path, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-
-    async def open(self, *pragmas: str) -> None:
-        def connect() -> None:
-            # isolation_level=None: BEGIN/COMMIT are issued explicitly.
-            conn = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=True)
-            conn.row_factory = sqlite3.Row
-            for pragma in ("PRAGMA busy_timeout = 5000", *pragmas):
-                conn.execute(pragma)
-            self._conn = conn
-
-        await self.run_raw(connect)
-
-    async def run_raw(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
-    async def run(self, job: Job[T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise DatabaseError("database is closed")
-        return await self.run_raw(lambda: job(conn))
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self.run_raw(conn.close)
-        self._pool.shutdown(wait=True)
-
-
 class Database:
     """Open with :meth:`open`, close with :meth:`close`."""
 
@@ -84,7 +50,7 @@ class Database:
         self.path = path
         self._fsync = fsync  # os.fsync; fault tests pass one that fails like a dying disk
         self._conn: sqlite3.Connection | None = None  # the writer, used on the loop thread only
-        self._reader = SqliteThread(path, "ccr-box-db-reader")
+        self._reader = SqliteThread("ccr-box-db-reader")
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-box-fsync")
         self._jobs: asyncio.Queue[tuple[Job[Any], asyncio.Future[Any], bool] | None] = (
             asyncio.Queue()
@@ -132,7 +98,9 @@ class Database:
             # (lost together on a power cut). The checkpoint writes them into the database file
             # and fsyncs it.
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await self._reader.open("PRAGMA query_only = ON")
+            await self._reader.open(
+                lambda: connect(self.path, "PRAGMA busy_timeout = 5000", "PRAGMA query_only = ON")
+            )
         except sqlite3.DatabaseError as exc:
             await self._close_connections()
             self._release_lock()

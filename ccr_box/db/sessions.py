@@ -10,7 +10,7 @@ from typing import Any
 SESSION_COLUMNS = "session_id, machine_id, label, created_at, updated_at"
 
 
-def _dict(row: Any) -> dict[str, Any] | None:
+def _dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 

@@ -16,7 +16,7 @@ COMMANDS: tuple[str, ...] = ("backup", "restore")
 _DATA_DIR_HELP = "the server's data directory (default: server.data_dir, CCR_BOX_DATA_DIR)"
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     backup = sub.add_parser(
         "backup",
         help="copy the live database to PATH (safe while the server runs)",

@@ -25,7 +25,7 @@ COMMANDS: tuple[str, ...] = ("doctor",)
 _MARKS = {"ok": "✓", "warn": "!", "fail": "✗"}
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "doctor",
         help="check the config, Telegram, database, server, tmux and hooks; explain problems",

@@ -21,7 +21,7 @@ import sys
 COMMANDS: tuple[str, ...] = ("init",)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "init",
         help="guided setup: write the config file, check the bot token, find your chat",

@@ -36,7 +36,7 @@ COMMANDS: tuple[str, ...] = ("service",)
 _OWN_PREFIXES = ("CCR_", "TELEGRAM_", "ALLOWED_")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     service = sub.add_parser(
         "service",
         help="run the server (or, with --agent, the agent) as a systemd user service",

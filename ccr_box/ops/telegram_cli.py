@@ -22,7 +22,7 @@ COMMANDS: tuple[str, ...] = ("telegram",)
 _MARK = {"ok": "✓", "warn": "!", "fail": "✗"}
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     telegram = sub.add_parser(
         "telegram",
         help="bot helpers: identity, webhook set/delete/info, test message",

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -33,7 +35,7 @@ CONSOLE_CHAT = "console"  # chat_id of console commands: never an allowed Telegr
 async def machines(request: web.Request) -> web.Response:
     db, hub = request.app[keys.DB], request.app[keys.HUB]
 
-    def job(c: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    def job(c: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
         return updates_db.list_machines(c), q.counts_by_machine(c)
 
     history, counts = await db.read(job)
@@ -81,14 +83,15 @@ async def retry(request: web.Request) -> web.Response:
     command_id = request.match_info["command_id"]
     now = request.app[keys.CLOCK].now_ms()
 
-    def job(c: Any) -> str:
+    def job(c: sqlite3.Connection) -> str:
         row = q.get(c, command_id)
         if row is None:
             raise _Refused(404, "Command not found")
         if row["status"] != "dead":
             raise _Refused(409, "Command is not dead")
         q.revive(c, command_id, now)
-        return row["machine_id"]
+        machine_id: str = row["machine_id"]
+        return machine_id
 
     return await _apply(request, job, "retry", commandId=command_id)
 
@@ -103,7 +106,7 @@ async def reassign(request: web.Request) -> web.Response:
     command_id = request.match_info["command_id"]
     now = request.app[keys.CLOCK].now_ms()
 
-    def job(c: Any) -> str:
+    def job(c: sqlite3.Connection) -> str:
         row = q.get(c, command_id)
         if row is None:
             raise _Refused(404, "Command not found")
@@ -112,13 +115,16 @@ async def reassign(request: web.Request) -> web.Response:
             raise _Refused(404, "Session not found")
         if row["status"] not in ("pending", "dead"):
             raise _Refused(409, "Command is not pending or dead")
-        q.revive(c, command_id, now, session_id=session_id, machine_id=session["machine_id"])
-        return session["machine_id"]
+        machine_id: str = session["machine_id"]
+        q.revive(c, command_id, now, session_id=session_id, machine_id=machine_id)
+        return machine_id
 
     return await _apply(request, job, "reassign", commandId=command_id, sessionId=session_id)
 
 
-async def _apply(request: web.Request, job: Any, action: str, **params: Any) -> web.Response:
+async def _apply(
+    request: web.Request, job: Callable[[sqlite3.Connection], str], action: str, **params: Any
+) -> web.Response:
     try:
         machine_id = await request.app[keys.DB].write(job)
     except _Refused as refused:
@@ -281,7 +287,7 @@ async def move_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     now = request.app[keys.CLOCK].now_ms()
 
-    def job(c: Any) -> tuple[str, int, int]:
+    def job(c: sqlite3.Connection) -> tuple[str, int, int]:
         session = sessions_db.get(c, session_id)
         if session is None:
             raise _Refused(404, "Session not found")
@@ -339,7 +345,7 @@ async def send_command(request: web.Request) -> web.Response:
     now = request.app[keys.CLOCK].now_ms()
     online = frozenset(hub.connected())  # taken before the write, as the pipeline does
 
-    def job(c: Any) -> tuple[q.NewCommand, list[dict[str, Any]]]:
+    def job(c: sqlite3.Connection) -> tuple[q.NewCommand, list[dict[str, Any]]]:
         cmd = enqueue_for_session(c, session_id, text, CONSOLE_CHAT, now).command
         claimed = q.claim_due(c, cmd.machine_id, now) if cmd.machine_id in online else []
         return cmd, claimed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class Options:
     # Applied to every reloaded config, so command-line flags keep winning over the file.
     config_adjust: Callable[[Config], Config] | None = None
     auth_throttle: ThrottlePolicy | None = DEFAULT_POLICY  # None: no 429 after 401s (tests)
+    fsync: Callable[[int], None] = os.fsync  # the database's; fault tests inject a failing one
 
 
 def make_app(
@@ -86,7 +88,8 @@ def make_app(
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     path = database_path(app[keys.CONFIG].current.server.data_dir)
-    app[keys.DB] = await Database.open(path, synchronous=app[keys.OPTIONS].synchronous)
+    options = app[keys.OPTIONS]
+    app[keys.DB] = await Database.open(path, synchronous=options.synchronous, fsync=options.fsync)
     log.info("database %s", path)
     yield
     await app[keys.DB].close()

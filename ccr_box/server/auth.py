@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
+
+R = TypeVar("R", bound=web.StreamResponse)
+
+Handler = Callable[[web.Request], Awaitable[R]]
+"""An aiohttp request handler that answers with an ``R`` (``Handler[web.Response]``, ...)."""
 
 _BEARER = re.compile(r"^bearer +(\S+)$", re.IGNORECASE)
 
@@ -55,12 +62,12 @@ def subprotocol_key_ok(request: web.Request, api_key: str) -> bool:
     return len(items) >= 2 and items[0] == "ccr" and secret_equals(items[1], api_key)
 
 
-def require_api_key(handler):
+def require_api_key(handler: Handler[R]) -> Handler[R | web.Response]:
     """Wrap a handler: 401 JSON unless the request carries the API key (before any body read)."""
     from ccr_box.server import keys  # local: keys imports typing-only modules
     from ccr_box.server.http import json_error
 
-    async def guarded(request: web.Request) -> web.StreamResponse:
+    async def guarded(request: web.Request) -> R | web.Response:
         if not header_key_ok(request, request.app[keys.CONFIG].current.server.api_key):
             return json_error(401, "Unauthorized")
         return await handler(request)

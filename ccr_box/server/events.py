@@ -20,7 +20,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, overload
 
 from ccr_box.clock import Clock
 
@@ -34,8 +34,12 @@ OVERFLOW = "overflow"
 SHUTDOWN = "shutdown"
 
 
-def preview(text: Any) -> Any:
-    """Text shortened for an event (≤ ``PREVIEW_CHARS`` characters); other values unchanged."""
+@overload
+def preview(text: str) -> str: ...
+@overload
+def preview(text: str | None) -> str | None: ...
+def preview(text: str | None) -> str | None:
+    """Text shortened for an event (≤ ``PREVIEW_CHARS`` characters); None unchanged."""
     return text[:PREVIEW_CHARS] if isinstance(text, str) else text
 
 

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sqlite3
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +77,7 @@ class AgentConnection:
         if self.receiving and self.reader is not None:
             self.reader.cancel()
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self.frame_tasks.add(task)
         task.add_done_callback(self.frame_tasks.discard)
@@ -157,7 +159,7 @@ class Hub:
             self._background(_close_quietly(old, 4000, "Replaced by new connection"))
         now = self._clock.now_ms()
 
-        def job(db: Any) -> None:
+        def job(db: sqlite3.Connection) -> None:
             q.requeue_sent(db, conn.machine_id, now)
             updates_db.machine_connected(db, conn.machine_id, now)
 
@@ -250,7 +252,7 @@ class Hub:
         if failed:
             log.warning("send to %s failed for %d command(s)", machine_id, len(failed))
 
-            def undo(db: Any) -> None:
+            def undo(db: sqlite3.Connection) -> None:
                 for row, error in failed:
                     q.unclaim_failed(db, row, error, now)
 
@@ -266,7 +268,7 @@ class Hub:
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
 
-    def _background(self, coro: Any) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -279,7 +281,7 @@ class Hub:
         # Decided now: the job runs later, in the writer's next batch, and only sees the database.
         live = self.is_connected(machine_id)
 
-        def job(db: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        def job(db: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
             before = q.acknowledge(db, command_id, machine_id, now)
             if before is None:
                 return None, []
@@ -304,7 +306,9 @@ class Hub:
         if result.command_id is not None:
             command_id = result.command_id
 
-            def job(db: Any) -> tuple[dict[str, Any] | None, bool, list[dict[str, Any]]]:
+            def job(
+                db: sqlite3.Connection,
+            ) -> tuple[dict[str, Any] | None, bool, list[dict[str, Any]]]:
                 before = q.acknowledge(db, command_id, machine_id, now)
                 if before is None:
                     return None, False, []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from functools import partial
 from typing import Any
 
@@ -98,7 +99,7 @@ class Maintenance:
         now = self._clock.now_ms()
         ttl_ms = self._config.current.server.session_ttl_days * limits.DAY_MS
 
-        def job(db: Any) -> None:
+        def job(db: sqlite3.Connection) -> None:
             updates_db.delete_older_than(db, now - limits.SEEN_UPDATES_TTL_MS)
             q.delete_finished(db, now)
             sessions_db.delete_expired(db, now - ttl_ms)

@@ -30,7 +30,8 @@ from ccr_box.db.stats import Counts
 # No ``*_created`` series: they would double the series count, and the server's start time is
 # already ``ccr_box_start_time_seconds``. The library only offers this switch process-wide; ccr-box
 # is its only user in the process.
-prometheus_client.disable_created_metrics()
+# prometheus_client (0.26) ships py.typed but leaves this function unannotated.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 ACK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 MAX_TRACKED_COMMANDS = 10_000  # enqueue times kept for the ack histogram

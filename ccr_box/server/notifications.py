@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,7 @@ async def send_notification(request: web.Request) -> web.Response:
             delay = max(delay, int(transient.retry_after * 1000))
         retry_at = now + delay
 
-    def job(c: Any) -> None:
+    def job(c: sqlite3.Connection) -> None:
         sessions_db.touch(c, req.session_id, now)
         sessions_db.map_messages(
             c, [(req.chat_id, mid, req.session_id, token) for mid in sent], now

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +28,8 @@ from ccr_box.errors import CcrBoxError
 from ccr_box.server import keys
 from ccr_box.server.auth import require_api_key
 from ccr_box.server.http import json_response
+
+T = TypeVar("T")
 
 log = logging.getLogger("ccr_box.observe")
 
@@ -55,7 +58,9 @@ def _masked(app: web.Application, text: str | None) -> str | None:
     return text[:MAX_ERROR_CHARS]
 
 
-async def _read(app: web.Application, job: Any, timeout_s: float) -> Any:
+async def _read(
+    app: web.Application, job: Callable[[sqlite3.Connection], T], timeout_s: float
+) -> T:
     return await asyncio.wait_for(app[keys.DB].read(job), timeout_s)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from typing import Any
 
 from ccr_box import limits
@@ -86,7 +87,7 @@ class OutboxSender:
         now = self._clock.now_ms()
         message_id = self._telegram.message_id_of(message)
 
-        def job(c: Any) -> None:
+        def job(c: sqlite3.Connection) -> None:
             outbox_db.mark_sent(c, row["id"], message_id, now)
             if message_id is not None:
                 sessions_db.map_messages(

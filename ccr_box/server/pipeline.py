@@ -330,7 +330,7 @@ def _context(update: dict[str, Any]) -> Context:
     return Context(update_id, chat_id, user_id, message, callback, thread_id)
 
 
-def _id_of(obj: Any) -> str | None:
+def _id_of(obj: object) -> str | None:
     return chat_id_text(obj.get("id")) if isinstance(obj, dict) else None
 
 

@@ -149,7 +149,7 @@ class Poller:
             log.warning("a getUpdates batch had no usable update_id; polling again in %.1fs", delay)
             await self._sleep(delay)
 
-    def _count_failure(self, update_id: Any) -> bool:
+    def _count_failure(self, update_id: int | None) -> bool:
         """Record a failure; True when the update has now failed too often and must be skipped."""
         last, count = self._failures
         count = count + 1 if last == update_id else 1

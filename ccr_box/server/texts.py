@@ -48,7 +48,7 @@ def queued_offline(target_name: str) -> str:
     return f"Command queued - {target_name} is offline."
 
 
-def command_failed(error: Any) -> str:
+def command_failed(error: object) -> str:
     text = truncate_utf16(error, 1000) if isinstance(error, str) and error else "Unknown error"
     return f"Command failed: {text}"
 

@@ -6,15 +6,14 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from ccr_box import limits, protocol
 from ccr_box.server import keys
-from ccr_box.server.auth import header_key_ok, subprotocol_items, subprotocol_key_ok
+from ccr_box.server.auth import Handler, header_key_ok, subprotocol_items, subprotocol_key_ok
 from ccr_box.server.http import json_error, text_response
-from ccr_box.server.hub import AgentConnection
+from ccr_box.server.hub import AgentConnection, Hub
 from ccr_box.wire import clip
 
 log = logging.getLogger("ccr_box.ws")
@@ -24,7 +23,9 @@ MACHINE_ID = re.compile(limits.MACHINE_ID_PATTERN)
 _RESERVED_CODES = {0, 1004, 1005, 1006, 1015}
 
 
-def make_ws_handler(idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S):
+def make_ws_handler(
+    idle_timeout_s: float = limits.WS_IDLE_TIMEOUT_S,
+) -> Handler[web.StreamResponse]:
     async def ws_handler(request: web.Request) -> web.StreamResponse:
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             return json_error(426, "WebSocket upgrade required")
@@ -125,7 +126,7 @@ async def _read_loop(
 
 
 async def _on_message(
-    hub: Any, conn: AgentConnection, msg: WSMessage
+    hub: Hub, conn: AgentConnection, msg: WSMessage
 ) -> tuple[int | None, str, str] | None:
     """Handle one received message; return (code, reason, who) when the connection ended."""
     ws = conn.ws
@@ -154,7 +155,7 @@ def _over_transport_limit(data: str | bytes) -> bool:
     return len(data) > limit // 4 and len(data.encode("utf-8", "surrogatepass")) > limit
 
 
-async def _handle_frame(hub, conn: AgentConnection, payload: str | bytes) -> None:
+async def _handle_frame(hub: Hub, conn: AgentConnection, payload: str | bytes) -> None:
     frame = protocol.decode(payload)
     if frame is None:
         log.debug("dropped a malformed frame from %s: %s", conn.machine_id, clip(payload))

@@ -7,7 +7,7 @@ import argparse
 COMMANDS = ("console",)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     console = sub.add_parser(
         "console", help="live operator console attached to a running server (admin API)"
     )
