@@ -24,7 +24,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "RELIABILITY.md"
-START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+MARKERS = {
+    False: ("<!-- figures:start -->", "<!-- figures:end -->"),
+    True: ("<!-- soak:start -->", "<!-- soak:end -->"),
+}
 SUITES = [
     "tests/test_bad_input.py",
     "tests/test_chaos_*.py",
@@ -33,8 +36,10 @@ SUITES = [
     "tests/test_throttle.py",
     "tests/test_openapi.py",
 ]
-# Figures that are identities, not amounts: shown as found, never summed.
-NOT_SUMMED = {"seed", "at", "soak", "suite"}
+# Not figures: when and in which mode (shown in the heading), which suite (the row).
+NOT_SHOWN = {"at", "soak", "suite"}
+# Identities, not amounts: listed as found (a seed replays a chaos run), never summed.
+LISTED = {"seed"}
 
 
 def run(soak: bool, pytest_args: list[str]) -> tuple[int, list[dict[str, Any]], float]:
@@ -61,9 +66,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         row = totals[record["suite"]]
         row["runs"] = row.get("runs", 0) + 1
         for key, value in record.items():
-            if key in NOT_SUMMED:
+            if key in NOT_SHOWN:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if key in LISTED:
+                row[key] = f"{row[key]}/{value}" if key in row else value
+            elif isinstance(value, bool) or not isinstance(value, int | float):
                 row[key] = value
             else:
                 row[key] = row.get(key, 0) + value
@@ -85,11 +92,14 @@ def table(totals: dict[str, dict[str, Any]], soak: bool, elapsed: float) -> str:
     return "\n".join(out)
 
 
-def write(doc: Path, text: str) -> None:
+def write(doc: Path, text: str, soak: bool) -> None:
+    start, end = MARKERS[soak]
     body = doc.read_text()
-    head, _, rest = body.partition(START)
-    _, _, tail = rest.partition(END)
-    doc.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    head, found, rest = body.partition(start)
+    if not found:
+        raise SystemExit(f"{doc}: no {start} marker")
+    _, _, tail = rest.partition(end)
+    doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> int:
@@ -105,7 +115,7 @@ def main() -> int:
         print(f"\npytest exited {code}: figures not published", file=sys.stderr)
         return code
     if args.write:
-        write(DOC, text)
+        write(DOC, text, args.soak)
         print(f"\nwrote {DOC.relative_to(ROOT)}")
     return 0
 
