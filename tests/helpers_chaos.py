@@ -43,6 +43,7 @@ from ccr_box.db import database_path
 from tests.conftest import API_KEY, CHAT, PATH_SECRET, WEBHOOK_SECRET
 from tests.figures import soak
 from tests.helpers_proc import Proc, clean_env
+from tests.helpers_ws import masked_frame
 
 SEED_ENV = "CCR_BOX_CHAOS_SEED"
 # A command text is "c<seq> <sessionId>" (optionally followed by words): seq is unique per run.
@@ -356,16 +357,7 @@ class RawClient:
         return b0 & 0x0F, await self.reader.readexactly(n)
 
     def send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-        elif n < 1 << 16:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(head + mask + masked)
+        self.writer.write(masked_frame(opcode, payload))
 
     def send_json(self, frame: dict[str, Any]) -> None:
         self.send(OP_TEXT, json.dumps(frame, separators=(",", ":")).encode())

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, Phase, settings
 
 from ccr_box.clock import ManualClock
+from ccr_box.protocol import chat_id_text
 from ccr_box.server import keys
 from ccr_box.server.app import Options, make_app
 from tests import figures
@@ -155,17 +156,6 @@ def plain(raw: bytes | str) -> bool:
     return True
 
 
-def id_text(value: Any) -> str | None:
-    """Contract conventions: ids are decimal strings; a JSON integer converts exactly."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value:
-        return value
-    return None
-
-
 def _field(obj: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(obj, dict):
@@ -180,10 +170,12 @@ def sender(update: Any) -> tuple[str | None, str | None]:
         return None, None
     message = update.get("message")
     if isinstance(message, dict):
-        return id_text(_field(message, "chat", "id")), id_text(_field(message, "from", "id"))
+        return chat_id_text(_field(message, "chat", "id")), chat_id_text(
+            _field(message, "from", "id")
+        )
     callback = update.get("callback_query")
     if isinstance(callback, dict):
-        return id_text(_field(callback, "message", "chat", "id")), id_text(
+        return chat_id_text(_field(callback, "message", "chat", "id")), chat_id_text(
             _field(callback, "from", "id")
         )
     return None, None

@@ -21,6 +21,19 @@ from tests.conftest import API_KEY, CHAT, Harness
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame (RFC 6455 §5.2: clients mask), any length, built by hand."""
+    mask = secrets.token_bytes(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 class RawWS:
     """One HTTP/1.1 request on a bare TCP socket: lets a test see the exact response head and
     send frames aiohttp's client would refuse to build (e.g. a close frame without a code)."""
@@ -72,16 +85,7 @@ class RawWS:
         return raw
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = secrets.token_bytes(4)
-        n = len(payload)
-        if n < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-        elif n < 1 << 16:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(head + mask + masked)
+        self.writer.write(masked_frame(opcode, payload))
         await self.writer.drain()
 
     async def read_frame(self, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -27,7 +27,7 @@ from ccr_box.wire import BadJson, clip, decode_json
 from tests.conftest import API_KEY, CHAT, PATH_SECRET, WEBHOOK_SECRET, Harness
 from tests.helpers_proc import Proc, clean_env
 from tests.helpers_security import raw_request, server_address
-from tests.helpers_ws import connect_booted, enqueue, receive_json, sync
+from tests.helpers_ws import connect_booted, enqueue, masked_frame, receive_json, sync
 
 DEEP = b"[" * 1000 + b"]" * 1000
 DEEP_OBJECT = b'{"a":' * 1000 + b"1" + b"}" * 1000
@@ -307,12 +307,6 @@ async def test_database_and_wal_files_are_private(tmp_path: Path) -> None:
 # -- shutdown with clients that wait for the server to drop TCP -------------------------------
 
 
-def _masked_frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
-
-
 async def _patient_agent(port: int, machine_id: str) -> tuple[asyncio.StreamReader, Any]:
     """A WebSocket client that, like Node's, answers a close frame and then waits for the
     server to drop the TCP connection (it never closes first)."""
@@ -340,7 +334,7 @@ async def _answer_close(reader: asyncio.StreamReader, writer: Any) -> int:
             (length,) = struct.unpack("!H", await reader.readexactly(2))
         payload = await reader.readexactly(length)
         if first & 0x0F == 0x8:
-            writer.write(_masked_frame(0x8, payload[:2]))
+            writer.write(masked_frame(0x8, payload[:2]))
             await writer.drain()
             return int.from_bytes(payload[:2], "big")
 

@@ -13,9 +13,9 @@ which fsyncs the WAL at every commit), and the next batch runs while that fsync 
 caller's future resolves only after its batch is on disk.
 
 Why not aiosqlite (one thread per connection, every statement an ``await``):
-``.venv/bin/python scripts/bench_sqlite_writer.py`` (about 25 s) commits a webhook reply's work (an INSERT of the dedup row and
-one of the command row) durably, with this writer and with aiosqlite in WAL mode with
-``synchronous = FULL``, in the same run. On the 2-CPU development VM (ext4, SQLite 3.40, aiosqlite
+``.venv/bin/python scripts/bench_sqlite_writer.py`` (about 25 s) commits a webhook reply's work
+(an INSERT of the dedup row and one of the command row) durably, with this writer and with
+aiosqlite in WAL mode with ``synchronous = FULL``, in the same run. On the 2-CPU development VM (ext4, SQLite 3.40, aiosqlite
 0.22; 13 runs, median and range) this writer did 11.7x (7.3-15.1x) the jobs/s of aiosqlite with
 one transaction per job at 16 concurrent jobs and 18x (13.5-25.8x) at 64, since aiosqlite pays one
 fsync per job whatever the concurrency (1,000-2,600 jobs/s); against aiosqlite doing this same
@@ -151,8 +151,6 @@ class Database:
         """
         if self._closing or self._task is None or self._task.done():
             raise DatabaseError("database is closed")
-        if self.sync_failure is not None:
-            raise self.sync_failure
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put_nowait((job, future, durable))
         return await future
@@ -184,7 +182,7 @@ class Database:
 
     def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]) -> None:
         assert self._conn is not None
-        if self.sync_failure is not None:  # queued before the fsync failed: refused too
+        if self.sync_failure is not None:  # fail-stop (see _answer): no write runs any more
             for _job, fut, _durable in batch:
                 if not fut.done():
                     fut.set_exception(self.sync_failure)

@@ -108,8 +108,8 @@ async def send_notification(request: web.Request) -> web.Response:
 
     # Record before showing: a database that cannot take a write (full or read-only disk) must
     # fail the request before the message reaches the phone, or the daemon's retry shows it
-    # twice and a reply to the first copy cannot route. (Not fsynced: the commit after the send
-    # is, with the message mappings.)
+    # twice and a reply to the first copy cannot route. (Not fsynced here: the fsync of the
+    # commit after the send, with the message mappings, covers this one too.)
     await db.write(lambda c: sessions_db.touch(c, req.session_id, now), durable=False)
     # Whitespace-only text yields no chunk; send it as is and let Telegram judge it.
     chunks = split_message(req.text, req.entities) or [Chunk(req.text, req.entities)]
@@ -144,8 +144,7 @@ async def send_notification(request: web.Request) -> web.Response:
             delay = max(delay, int(transient.retry_after * 1000))
         retry_at = now + delay
 
-    def job(c: sqlite3.Connection) -> None:
-        sessions_db.touch(c, req.session_id, now)
+    def job(c: sqlite3.Connection) -> None:  # (the session was touched before the send)
         sessions_db.map_messages(
             c, [(req.chat_id, mid, req.session_id, token) for mid in sent], now
         )

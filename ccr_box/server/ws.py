@@ -158,7 +158,8 @@ def _over_transport_limit(data: str | bytes) -> bool:
 async def _handle_frame(hub: Hub, conn: AgentConnection, payload: str | bytes) -> None:
     frame = protocol.decode(payload)
     if frame is None:
-        log.debug("dropped a malformed frame from %s: %s", conn.machine_id, clip(payload))
+        if log.isEnabledFor(logging.DEBUG):  # clip() reads the whole frame: only when shown
+            log.debug("dropped a malformed frame from %s: %s", conn.machine_id, clip(payload))
         return
     if isinstance(frame, protocol.Ping):
         await conn.settle()
